@@ -1,0 +1,134 @@
+"""procs.py: a hung rank becomes a failure with its stack in the message, and
+no process of its session (or a descendant that escaped into its own session)
+survives. Fake ranks only: plain Python, no vLLM, a few seconds each."""
+
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from vllm_epdp import procs
+
+# A "rank" that starts a SIGTERM-ignoring child, and a grandchild that leaves
+# the session with setsid (what vLLM's engine processes can look like), then
+# blocks in a function named like a collective.
+HANGING_RANK = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = '''
+    import os, signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    subprocess.Popen([sys.executable, "-c",
+        "import os,signal,time; os.setsid(); signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    time.sleep(600)
+    '''
+    subprocess.Popen([sys.executable, "-c", child])
+    def fake_all_reduce_waiting_for_peer():
+        time.sleep(600)
+    print("rank up", flush=True)
+    fake_all_reduce_waiting_for_peer()
+    """
+)
+
+
+def _spec(tmp_path, name, code, env=None):
+    return procs.ProcSpec(
+        name=name,
+        argv=[sys.executable, "-c", code],
+        env={**os.environ, **(env or {})},
+        log=tmp_path / f"{name}.log",
+    )
+
+
+@pytest.mark.timeout(120)
+def test_hanging_rank_is_reported_with_stack_and_leaves_no_process(tmp_path):
+    group = procs.ProcGroup(
+        "fake-dp2",
+        [_spec(tmp_path, "rank0", HANGING_RANK), _spec(tmp_path, "rank1", "print('done')")],
+        timeout_s=6,
+    )
+    group.start()
+    time.sleep(3)  # let the grandchildren start
+    tree = group.members()
+    assert len(tree) >= 3, tree  # rank0, its child, the setsid grandchild
+    outcome = group.wait()
+    assert outcome.timed_out and not outcome.ok
+    assert outcome.returncodes["rank1"] == 0
+    assert outcome.returncodes["rank0"] is None
+    text = outcome.describe()
+    assert "fake-dp2: HUNG" in text and "still running: rank0" in text
+    assert "fake_all_reduce_waiting_for_peer" in text  # py-spy's stack of rank0
+    time.sleep(0.5)
+    assert procs.living(group._known) == set()
+    for pid in tree:
+        info = procs.read_proc(pid)
+        assert info is None or info.state == "Z", info
+
+
+@pytest.mark.timeout(60)
+def test_failed_rank_stops_waiting_peer_after_grace(tmp_path):
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    wait = "import time\ndef gloo_wait_for_dead_peer():\n    time.sleep(600)\ngloo_wait_for_dead_peer()"
+    outcome = procs.run_group(
+        "fake-crash",
+        [_spec(tmp_path, "rank0", crash), _spec(tmp_path, "rank1", wait)],
+        timeout_s=60,
+        grace_s=2,
+    )
+    assert not outcome.ok and not outcome.timed_out
+    assert outcome.returncodes["rank0"] == -signal.SIGSEGV
+    assert outcome.wall_s < 30
+    text = outcome.describe()
+    assert "died of signal SIGSEGV" in text
+    assert "gloo_wait_for_dead_peer" in text
+    # faulthandler (PYTHONFAULTHANDLER=1, set by procs) printed the crash stack
+    assert "Fatal Python error: Segmentation fault" in (tmp_path / "rank0.log").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_success_reports_ok(tmp_path):
+    outcome = procs.run_group(
+        "fine", [_spec(tmp_path, f"rank{i}", "print('hi')") for i in range(2)], timeout_s=30
+    )
+    assert outcome.ok, outcome.describe()
+    assert "hi" in (tmp_path / "rank0.log").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_of_the_parent_kills_its_groups(tmp_path):
+    """A parent that uses procs and is interrupted leaves nothing behind."""
+    parent = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from pathlib import Path
+        from vllm_epdp import procs
+        g = procs.ProcGroup("x", [procs.ProcSpec("r0", [sys.executable, "-c", {HANGING_RANK!r}],
+                                  dict(os.environ), Path({str(tmp_path)!r}) / "r0.log")], 600)
+        g.start()
+        time.sleep(3)
+        Path({str(tmp_path)!r}, "pids").write_text(" ".join(map(str, g.members())))
+        g.wait()
+        """
+    )
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
+    pids_file = tmp_path / "pids"
+    deadline = time.time() + 30
+    while not pids_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.3)
+    pids = [int(x) for x in pids_file.read_text().split()]
+    assert len(pids) >= 3
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=30) != 0
+    time.sleep(0.5)
+    survivors = [pid for pid in pids if (i := procs.read_proc(pid)) and i.state != "Z"]
+    # Clean up in case the assertion fails, so the test itself leaves nothing.
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
