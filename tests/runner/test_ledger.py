@@ -1,0 +1,60 @@
+"""The collective ledger records what each rank posted and finds the first
+entry where the members of a group disagree."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.runner.ranks import run_ranks
+from vllm_epdp import ledger
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_ledger_agreeing_ranks(tmp_path):
+    out = tmp_path / "ledger"
+    outcome, _ = run_ranks("ledger_worker", 2, tmp_path, args=["agree", str(out)])
+    assert outcome.ok, outcome.describe()
+    assert ledger.compare(out) == []
+    counts = ledger.counts(out)
+    # all_reduce, broadcast and all_gather_object on the world; the *_object
+    # helper's inner gathers are not counted twice.
+    assert counts["gloo:0,1#0"] == {0: 3, 1: 3}
+    assert counts["gloo:0,1#1"] == {0: 2, 1: 2}
+    cli = subprocess.run(
+        [sys.executable, "-m", "vllm_epdp.ledger", "compare", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+
+
+def test_ledger_finds_the_extra_collective(tmp_path):
+    out = tmp_path / "ledger"
+    outcome, results = run_ranks("ledger_worker", 2, tmp_path, args=["diverge", str(out)])
+    assert outcome.ok, outcome.describe()
+    assert results[1].get("timed_out"), "rank 1's extra all_reduce should time out"
+    report = ledger.compare(out)
+    assert len(report) == 1, report
+    text = report[0]
+    assert "gloo:0,1#0" in text and "collective #3" in text
+    assert "member 0" in text and "<no entry: 3 in all>" in text
+    assert "member 1" in text and "all_reduce shapes=[[2]] dtypes=['int32']" in text
+    cli = subprocess.run(
+        [sys.executable, "-m", "vllm_epdp.ledger", "compare", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 1 and "members disagree" in cli.stdout
+
+
+def test_ledger_overhead_per_call(tmp_path, record_property):
+    outcome, results = run_ranks(
+        "ledger_worker", 2, tmp_path, args=["overhead", str(tmp_path / "ledger")]
+    )
+    assert outcome.ok, outcome.describe()
+    extra = max(r["ledger_us"] - r["plain_us"] for r in results)
+    record_property("ledger_overhead_us", extra)
+    print(f"gloo all_reduce: {results[0]['plain_us']:.1f} us plain, "
+          f"{results[0]['ledger_us']:.1f} us with ledger")
+    # A write-through JSON line per call: tens of microseconds at most.
+    assert extra < max(200.0, results[0]["plain_us"]), results

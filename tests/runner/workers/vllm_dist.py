@@ -1,0 +1,43 @@
+"""Set up vLLM's real distributed state (world, DP, EP groups over gloo) in a
+rank started by tests/runner/ranks.py: DP = WORLD_SIZE, TP = 1, launched the
+torchrun way (external_launcher), so no engine is needed."""
+
+import json
+import os
+
+from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
+from vllm.distributed.parallel_state import (
+    init_distributed_environment,
+    initialize_model_parallel,
+)
+
+RANK = int(os.environ["RANK"])
+WORLD = int(os.environ["WORLD_SIZE"])
+
+
+def init(enable_expert_parallel: bool = True, **parallel_kwargs) -> VllmConfig:
+    pc = ParallelConfig(
+        data_parallel_size=WORLD,
+        data_parallel_rank=RANK,
+        enable_expert_parallel=enable_expert_parallel,
+        distributed_executor_backend="external_launcher",
+        **parallel_kwargs,
+    )
+    config = VllmConfig(parallel_config=pc)
+    with set_current_vllm_config(config):
+        init_distributed_environment(
+            world_size=WORLD,
+            rank=RANK,
+            distributed_init_method=(
+                f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            ),
+            local_rank=RANK,
+            backend="gloo",
+        )
+        initialize_model_parallel(1, 1)
+    return config
+
+
+def write_result(result: dict) -> None:
+    with open(os.environ["EPDP_RESULT"], "w") as f:
+        json.dump(result, f)
