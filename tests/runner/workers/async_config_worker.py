@@ -1,0 +1,67 @@
+"""Construct real VllmConfigs for DP/EP combinations and report the async
+scheduling decision and the log lines that explain it.
+
+platform "cuda-like": the CPU platform forces async scheduling off *after*
+VllmConfig's own decision (platforms/cpu.py check_and_update_config); here
+that one override is undone, which is what a CUDA/XPU platform does (it
+leaves the decision alone). platform "cpu": the real CPU flow, untouched.
+"""
+
+import json
+import logging
+import os
+import sys
+
+from vllm.config import ParallelConfig, SchedulerConfig, VllmConfig
+from vllm.platforms import current_platform
+
+platform = sys.argv[1]
+records: list[logging.LogRecord] = []
+
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record)
+
+
+logging.getLogger("vllm").addHandler(Keep(level=logging.INFO))
+logging.getLogger("vllm").setLevel(logging.INFO)
+
+if platform == "cuda-like":
+    original = type(current_platform).check_and_update_config
+
+    def keep_async_decision(cls, vllm_config):
+        decided = vllm_config.scheduler_config.async_scheduling
+        original.__func__(cls, vllm_config)
+        vllm_config.scheduler_config.async_scheduling = decided
+
+    type(current_platform).check_and_update_config = classmethod(keep_async_decision)
+
+CASES = {
+    "ep_dp2_default": dict(ep=True, dp=2, async_=None),
+    "ep_dp2_explicit": dict(ep=True, dp=2, async_=True),
+    "dense_dp2_default": dict(ep=False, dp=2, async_=None),
+    "ep_dp1_default": dict(ep=True, dp=1, async_=None),
+}
+result = {}
+for name, case in CASES.items():
+    records.clear()
+    pc = ParallelConfig(
+        data_parallel_size=case["dp"],
+        enable_expert_parallel=case["ep"],
+    )
+    sc = SchedulerConfig(
+        max_model_len=2048, is_encoder_decoder=False, async_scheduling=case["async_"]
+    )
+    config = VllmConfig(parallel_config=pc, scheduler_config=sc)
+    result[name] = {
+        "async_scheduling": config.scheduler_config.async_scheduling,
+        "disable_nccl_for_dp_sync": config.parallel_config.disable_nccl_for_dp_synchronization,
+        "log": [
+            (r.levelname, r.getMessage())
+            for r in records
+            if "sync scheduling" in r.getMessage()
+        ],
+    }
+with open(os.environ["EPDP_RESULT"], "w") as f:
+    json.dump(result, f, indent=1)
