@@ -1,0 +1,125 @@
+"""One verify process: a DP rank (vLLM's offline data-parallel pattern), the
+DP=1 reference, a TP>1 engine, or one torchrun rank (external launcher).
+
+    python -m vllm_epdp.verify.rank SPEC.json
+
+SPEC (written by verify/runner.py): model, dtype, tp, dp, dp_rank, ep,
+launcher ("mp" | "torchrun"), max_model_len, logprobs, scenarios (each with
+waves per DP rank), out (result JSON path; "{rank}" is filled in), barrier_dir.
+
+The parent sets vLLM's DP environment (VLLM_DP_RANK, VLLM_DP_SIZE, ...) before
+this starts: vLLM reads it when the engine is created. Progress goes to stdout
+as lines starting with ``@@verify `` (JSON), which the parent turns into its
+progress display. The engine starts once; every scenario runs in it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+PROGRESS = "@@verify "
+
+
+def progress(**event) -> None:
+    print(PROGRESS + json.dumps(event), flush=True)
+
+
+def barrier(directory: Path, name: str, me: int, count: int) -> None:
+    """Wait until all ``count`` members arrived at ``name`` (files; the
+    parent's watchdog bounds the wait)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.{me}").touch()
+    while not all((directory / f"{name}.{i}").exists() for i in range(count)):
+        time.sleep(0.05)
+
+
+def result_of(output) -> dict:
+    """Token ids and, per position, the top-k logprobs ({token id: logprob},
+    the sampled token included) of one request."""
+    completion = output.outputs[0]
+    logprobs = []
+    for position in completion.logprobs or []:
+        logprobs.append({str(tok): _num(lp.logprob) for tok, lp in position.items()})
+    return {"token_ids": list(completion.token_ids), "logprobs": logprobs}
+
+
+def _num(x: float):
+    # JSON has no NaN/inf; keep them visible as strings so the check sees them.
+    return x if math.isfinite(x) else repr(float(x))
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    t0 = time.monotonic()
+    from vllm import LLM, SamplingParams
+
+    kwargs = dict(
+        model=spec["model"],
+        dtype=spec["dtype"],
+        tensor_parallel_size=spec["tp"],
+        enable_expert_parallel=spec["ep"],
+        enforce_eager=True,
+        max_model_len=spec["max_model_len"],
+        seed=0,
+    )
+    torchrun = spec["launcher"] == "torchrun"
+    if torchrun:
+        kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=spec["dp"])
+    kwargs.update(spec.get("engine_args", {}))
+    llm = LLM(**kwargs)
+
+    if torchrun:
+        pc = llm.llm_engine.vllm_config.parallel_config
+        dp_rank, me, members = pc.data_parallel_rank, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        writer = int(os.environ["RANK"]) % spec["tp"] == 0  # one result file per DP rank
+    else:
+        dp_rank, me, members, writer = spec["dp_rank"], spec["dp_rank"], spec["dp"], True
+    progress(event="engine_up", seconds=round(time.monotonic() - t0, 1), dp_rank=dp_rank)
+
+    barrier_dir = Path(spec["barrier_dir"])
+    results: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    for scenario in spec["scenarios"]:
+        name = scenario["name"]
+        barrier(barrier_dir, f"start-{name}", me, members)
+        started = time.monotonic()
+        done: dict[str, dict] = {}
+        for wave in scenario["waves"][dp_rank] if dp_rank < len(scenario["waves"]) else []:
+            if not wave:
+                continue
+            params = [
+                SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], logprobs=spec["logprobs"], ignore_eos=True)
+                for r in wave
+            ]
+            outputs = llm.generate([r["prompt"] for r in wave], params, use_tqdm=False)
+            for request, output in zip(wave, outputs):
+                done[request["id"]] = result_of(output)
+        if torchrun:
+            # External launcher: the engine steps only inside generate(); a
+            # rank with nothing left keeps stepping (idle steps) until every
+            # DP rank is done, or its peers would wait for it forever.
+            while llm.llm_engine.has_unfinished_requests():
+                llm.llm_engine.step()
+        results[name] = done
+        timings[name] = round(time.monotonic() - started, 2)
+        progress(event="scenario_done", scenario=name, seconds=timings[name], dp_rank=dp_rank)
+    if writer:
+        out = Path(spec["out"].format(rank=dp_rank))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"dp_rank": dp_rank, "results": results, "timings": timings}))
+        os.replace(tmp, out)
+    # Nobody leaves before everyone is done: a DP rank that shuts down early
+    # takes its engine out of the DP group while the others still need it.
+    barrier(barrier_dir, "exit", me, members)
+    progress(event="exit", dp_rank=dp_rank)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

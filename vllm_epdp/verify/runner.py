@@ -1,0 +1,201 @@
+"""Start one configuration's processes, watch them, collect their outputs.
+
+Offline ("mp"): one ``verify/rank.py`` process per DP rank, vLLM's offline
+data-parallel pattern (VLLM_DP_RANK, VLLM_DP_SIZE, VLLM_DP_MASTER_IP/PORT in
+the environment); with DP=1 one process (TP>1 makes vLLM start its workers).
+torchrun: one ``torchrun --nproc-per-node=DP*TP`` running rank.py in every
+process (external launcher). Every group runs under procs.ProcGroup: hard
+deadline, stacks of every process on a hang, nothing left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from vllm_epdp import procs
+from vllm_epdp.verify.plan import Config, Model
+from vllm_epdp.verify.rank import PROGRESS
+from vllm_epdp.verify.scenarios import ALL_SCENARIOS
+
+LOGPROBS = 5
+MAX_MODEL_LEN = 1024
+
+
+@dataclasses.dataclass
+class Settings:
+    device: str = "cpu"
+    timeout_s: float = 600.0
+    watch: bool = True  # nan_watch hooks
+    ledger: bool = False
+    extra_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    say: object = print  # progress printer
+
+
+@dataclasses.dataclass
+class RunResult:
+    config: Config
+    scenarios: list[str]
+    outputs: dict[str, dict[str, dict]]  # scenario -> request id -> result
+    outcome: procs.Outcome | None
+    wall_s: float
+    engine_up_s: float | None
+    workdir: Path
+    error: str = ""  # why the run produced no usable output
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def outputs_seen(self) -> bool:
+        return any(self.outputs.values())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_bind(n_ranks: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for ``n_ranks`` local ranks: the CPUs we may
+    use, split into that many lists ('0|1' for 2 ranks on 2 cores)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if n_ranks <= 1:
+        return ",".join(map(str, cpus))
+    if len(cpus) < n_ranks:
+        return "|".join(str(cpus[i % len(cpus)]) for i in range(n_ranks))
+    per = len(cpus) // n_ranks
+    return "|".join(",".join(map(str, cpus[i * per : (i + 1) * per])) for i in range(n_ranks))
+
+
+def base_env(config: Config, model: Model, settings: Settings, workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    if settings.device == "cpu":
+        # The user's own values win (setdefault): these are what works on a
+        # small CPU box, not requirements.
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        env["VLLM_CPU_OMP_THREADS_BIND"] = env.get("VLLM_EPDP_CPU_BIND") or cpu_bind(config.dp * config.tp)
+    if model.offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    if config.reference and config.tp == 1 and config.launcher == "mp" and settings.device == "cpu":
+        # The single-rank reference needs no engine-core or worker process:
+        # running all in one process saves two vLLM imports (~30 s here).
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if settings.watch:
+        env["VLLM_EPDP_NAN_WATCH"] = str(workdir / "nan_watch")
+    if settings.ledger:
+        env["VLLM_EPDP_LEDGER"] = str(workdir / "ledger")
+    env.update(settings.extra_env)
+    return env
+
+
+class ProgressReader:
+    """Turns the ranks' ``@@verify`` lines into progress messages."""
+
+    def __init__(self, name: str, logs: list[Path], n_scenarios: int, say) -> None:
+        self.name, self.logs, self.n, self.say = name, logs, n_scenarios, say
+        self.offsets = {p: 0 for p in logs}
+        self.engine_up: float | None = None
+        self.done: list[str] = []
+        self.started = time.monotonic()
+
+    def __call__(self, _group=None) -> None:
+        for path in self.logs:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self.offsets[path])
+                    chunk = f.read()
+            except OSError:
+                continue
+            # Only consume whole lines.
+            cut = chunk.rfind(b"\n") + 1
+            self.offsets[path] += cut
+            for line in chunk[:cut].decode(errors="replace").splitlines():
+                if line.startswith(PROGRESS):
+                    self._event(json.loads(line[len(PROGRESS):]))
+
+    def _event(self, e: dict) -> None:
+        if e["event"] == "engine_up" and self.engine_up is None:
+            self.engine_up = e["seconds"]
+            self.say(f"[verify] {self.name}: engine up after {e['seconds']:.0f} s")
+        elif e["event"] == "scenario_done" and e.get("dp_rank", 0) == 0:
+            self.done.append(e["scenario"])
+            self.say(
+                f"[verify] {self.name}: {len(self.done)}/{self.n} scenarios "
+                f"({e['scenario']} in {e['seconds']:.1f} s)"
+            )
+
+
+def rank_spec(config: Config, model: Model, scenarios: list[str], workdir: Path, dp_rank: int) -> dict:
+    return {
+        "model": model.path,
+        "dtype": model.dtype,
+        "tp": config.tp,
+        "dp": config.dp,
+        "dp_rank": dp_rank,
+        "ep": config.ep,
+        "launcher": config.launcher,
+        "max_model_len": MAX_MODEL_LEN,
+        "logprobs": LOGPROBS,
+        # The reference runs every request on its one rank, in the same waves.
+        "scenarios": [ALL_SCENARIOS[s].to_json(config.dp) for s in scenarios],
+        "out": str(workdir / "out" / "rank{rank}.json"),
+        "barrier_dir": str(workdir / "barrier"),
+    }
+
+
+def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = base_env(config, model, settings, workdir)
+    specs: list[procs.ProcSpec] = []
+    module = [sys.executable, "-m", "vllm_epdp.verify.rank"]
+    if config.launcher == "torchrun":
+        spec_path = workdir / "spec.json"
+        spec_path.write_text(json.dumps(rank_spec(config, model, scenarios, workdir, 0)))
+        argv = [
+            sys.executable, "-m", "torch.distributed.run",
+            f"--nproc-per-node={config.dp * config.tp}",
+            f"--master-port={free_port()}",
+            "-m", "vllm_epdp.verify.rank", str(spec_path),
+        ]
+        specs.append(procs.ProcSpec("torchrun", argv, env, workdir / "torchrun.log"))
+    else:
+        port = free_port()
+        for rank in range(config.dp):
+            spec_path = workdir / f"spec-rank{rank}.json"
+            spec_path.write_text(json.dumps(rank_spec(config, model, scenarios, workdir, rank)))
+            rank_env = dict(env)
+            if config.dp > 1:
+                rank_env.update(
+                    VLLM_DP_RANK=str(rank),
+                    VLLM_DP_RANK_LOCAL=str(rank),
+                    VLLM_DP_SIZE=str(config.dp),
+                    VLLM_DP_MASTER_IP="127.0.0.1",
+                    VLLM_DP_MASTER_PORT=str(port),
+                )
+            specs.append(procs.ProcSpec(f"rank{rank}", module + [str(spec_path)], rank_env, workdir / f"rank{rank}.log"))
+    settings.say(
+        f"[verify] {config.name}: starting {len(specs) if config.launcher != 'torchrun' else config.dp * config.tp}"
+        f" process(es), {config.describe()}, {model.key} {model.dtype}; scenarios: {', '.join(scenarios)}"
+    )
+    reader = ProgressReader(config.name, [s.log for s in specs], len(scenarios), settings.say)
+    started = time.monotonic()
+    with procs.ProcGroup(config.name, specs, settings.timeout_s) as group:
+        outcome = group.wait(on_tick=reader)
+    reader()
+    wall = time.monotonic() - started
+    outputs: dict[str, dict[str, dict]] = {s: {} for s in scenarios}
+    for path in sorted((workdir / "out").glob("rank*.json")):
+        data = json.loads(path.read_text())
+        for scenario, results in data["results"].items():
+            outputs.setdefault(scenario, {}).update(results)
+    error = "" if outcome.ok else outcome.describe(log_lines=0)
+    return RunResult(config, scenarios, outputs, outcome, wall, reader.engine_up, workdir, error)

