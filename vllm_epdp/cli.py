@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vllm-epdp: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # The file system said no where our own checks did not foresee it
+        # (disk full, permissions that os.access cannot see, ...).
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"vllm-epdp: {e.strerror or e}{where}: fix that and run the command again", file=sys.stderr)
+        return 2
 
 
 def _first_positional(argv: list[str]) -> str | None:
@@ -169,11 +175,9 @@ def _print_table(states) -> None:
 
 def cmd_check(args) -> int:
     from vllm_epdp import patching
-    from vllm_epdp.series import select
 
     target, _, patches = _target_and_series(args)
-    chosen = {p.name for p in select(patches, args.patches)}
-    states = [s for s in patching.status(target, patches) if s.patch.name in chosen]
+    states = patching.check(target, patches, args.patches)
     ok = not any(s.state == patching.CONFLICTS for s in states)
     if args.json:
         print(json.dumps({"ok": ok, "patches": [s.to_json() for s in states]}, indent=2))

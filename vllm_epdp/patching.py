@@ -170,6 +170,17 @@ def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
         return result
 
 
+def check(target: Target, patches: list[Patch], names: list[str] | None = None) -> list[PatchStatus]:
+    """Dry run of apply for the selected patches: their states, after the same
+    ordering rules apply enforces (EpdpError if the selection breaks them)."""
+    selected = select(patches, names)
+    every = status(target, patches)
+    states = {s.patch.name: s for s in every}
+    todo = [p for p in selected if states[p.name].state == NOT_APPLIED]
+    _check_order(patches, todo, states, reverse=False)
+    return [states[p.name] for p in selected]
+
+
 def conflict_summary(states: Iterable[PatchStatus]) -> str:
     return "; ".join(f"{s.patch.number}: {', '.join(s.details)}" for s in states)
 

@@ -79,6 +79,7 @@ def test_partial_selection_respects_stacking(site, fake_patches):
     snap = th.snapshot(site)
     r = th.run_cli(["apply", "0002"], site, fake_patches)
     th.assert_one_line_error(r, 2, "0002 builds on 0001", "vllm/a.py")
+    th.assert_one_line_error(th.run_cli(["check", "0002"], site, fake_patches), 2, "0002 builds on 0001")
     assert th.snapshot(site) == snap
     r = th.run_cli(["apply", "0001-Change-VALUE-and-line-30.patch", "0002"], site, fake_patches)
     assert r.returncode == 0, r.stderr
