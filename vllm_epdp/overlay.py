@@ -85,6 +85,11 @@ def make_overlay(dest_root: str | Path | None = None, state: str = "patched", ve
         os.utime(final / _COMPLETE)  # marks it used, for pruning
         return final
 
+    if patching.journal_pending(target.root):
+        raise EpdpError(
+            f"an interrupted vllm-epdp run left the vLLM at {target.package_dir} half changed: "
+            "run `vllm-epdp revert` (or apply) once to roll it back, then retry"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{state}-{key}-", dir=dest_root))
     try:
         with patching.root_lock(target.root, shared=True):

@@ -125,3 +125,11 @@ def test_locally_modified_install_is_refused(site, fake_patches, tmp_path, path,
 def test_unknown_state(patches_env):
     with pytest.raises(EpdpError, match="unknown overlay state"):
         overlay.make_overlay(state="half")
+
+
+def test_half_changed_install_is_refused(site, fake_patches, tmp_path):
+    (site / ".vllm-epdp-journal").mkdir()
+    (site / ".vllm-epdp-journal" / "manifest.json").write_text('{"files": []}')
+    r = subprocess.run([sys.executable, "-c", MAKE, str(tmp_path / "cache"), "patched"],
+                       env=th.cli_env(site, fake_patches), cwd=site.parent, capture_output=True, text=True)
+    assert r.returncode != 0 and "interrupted vllm-epdp run" in r.stderr
