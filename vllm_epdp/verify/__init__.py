@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hw.add_argument("--dp", type=int, default=2, help="data-parallel size of the target (default 2)")
     hw.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the target (default 1)")
     hw.add_argument("--ref-tp", type=int, help="tensor-parallel size of the DP=1 reference (default: --tp)")
-    hw.add_argument("--dtype", help="model dtype (default: float32 for exact comparison; bf16 models: bfloat16)")
+    hw.add_argument("--dtype", help="model dtype with --model (default auto; float32 gives the exact token check)")
     hw.add_argument("--launcher", choices=("mp", "torchrun"), default="mp",
                     help="mp: one process per DP rank (vLLM's offline DP pattern); torchrun: external launcher")
     out = parser.add_argument_group("output")
@@ -100,8 +100,10 @@ def _make_plan(args) -> plan_mod.Plan:
         if getattr(args, name) < 1:
             raise EpdpError(f"--{name} must be at least 1")
     if args.model:
-        dtype = args.dtype or "float32"
-        mode = "exact" if dtype in ("float32", "float", "fp32") else "close"
+        # Exact token equality only makes sense in fp32; anything else (the
+        # model's own dtype with "auto") gets the logprob-closeness criterion.
+        dtype = args.dtype or "auto"
+        mode = "exact" if dtype in ("float32", "float") else "close"
         models = {"model": Model("model", args.model, dtype, mode, offline=Path(args.model).exists())}
         configs = plan_mod.user_configs("model", args.dp, args.tp, args.launcher, args.ref_tp or args.tp)
     else:

@@ -57,17 +57,18 @@ class Plan:
         return [(c, self.selected[c.name]) for c in self.configs if self.selected.get(c.name)]
 
     def listing(self) -> list[str]:
-        lines = []
-        for c in self.configs:
-            if c.reference:
-                continue
-            for s in c.scenarios + c.more:
-                mark = "default" if s in c.scenarios else "--all"
-                lines.append(
-                    f"{c.name}/{s:<10} {mark:<8} {self.models[c.model].key} "
-                    f"{self.models[c.model].dtype}, {c.describe()}: {ALL_SCENARIOS[s].summary}"
-                )
-        return lines
+        entries = [
+            (f"{c.name}/{s}", "default" if s in c.scenarios else "--all", c, s)
+            for c in self.configs
+            if not c.reference
+            for s in c.scenarios + c.more
+        ]
+        width = max((len(e[0]) for e in entries), default=0)
+        return [
+            f"{name:<{width}}  {mark:<7}  {self.models[c.model].key} {self.models[c.model].dtype}, "
+            f"{c.describe()}: {ALL_SCENARIOS[s].summary}"
+            for name, mark, c, s in entries
+        ]
 
 
 def embedded_configs() -> list[Config]:

@@ -1,0 +1,150 @@
+"""nan_watch on a fake worker/runner/model (fast, no vLLM): the hook point,
+real vs padding rows, dummy steps, startup forwards counted apart, summary."""
+
+import json
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vllm_epdp import nan_watch
+
+
+class FakeDecoderLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_layernorm = torch.nn.LayerNorm(4)
+        self.self_attn = torch.nn.Linear(4, 4)
+        self.mlp = torch.nn.Linear(4, 4)
+
+    def forward(self, positions, hidden, residual):
+        h = self.mlp(self.self_attn(hidden))
+        return h, hidden
+
+
+class FakeModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([FakeDecoderLayer(), FakeDecoderLayer()])
+
+    def forward(self, hidden):
+        positions = torch.arange(hidden.shape[0])
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        return hidden
+
+
+class FakeRunner:
+    def __init__(self):
+        self.model = FakeModel()
+
+    def get_model(self):
+        return self.model
+
+    def forward(self, rows, real):
+        x = torch.ones(rows, 4)
+        x[real:] = float("nan")  # padding rows as garbage
+        return self.model(x)
+
+    def execute_model(self, scheduler_output, padded_to=None):
+        n = scheduler_output.total_num_scheduled_tokens
+        return self.forward(padded_to or n, n)
+
+    def _dummy_run(self, rows, **kw):
+        return self.forward(rows, 0)
+
+
+def make_worker_module():
+    module = types.ModuleType(nan_watch._WORKER_MODULE)
+
+    class Worker:
+        def load_model(self):
+            self.model_runner = FakeRunner()
+
+        def execute_dummy_batch(self):
+            self.model_runner._dummy_run(1)
+
+    module.Worker = Worker
+    return module
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setattr(nan_watch, "_state", None)
+    module = make_worker_module()
+    monkeypatch.setitem(sys.modules, nan_watch._WORKER_MODULE, module)
+    nan_watch.install(tmp_path)
+    yield module, tmp_path
+
+
+def test_real_and_padding_rows_are_counted_apart(fresh):
+    module, out = fresh
+    worker = module.Worker()
+    worker.load_model()
+    worker.model_runner._dummy_run(8)  # memory profiling: a startup forward
+    sched = SimpleNamespace(total_num_scheduled_tokens=3)
+    worker.model_runner.execute_model(sched)  # 3 real rows, no padding
+    worker.model_runner.execute_model(sched, padded_to=5)  # DP padding 3 -> 5
+    worker.execute_dummy_batch()  # idle rank: 1 row, all padding
+    nan_watch._state.flush()
+    files = list(out.glob("nan_watch-*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["startup_steps"] == 1
+    assert data["steps"] == 3 and data["dummy_steps"] == 1
+    assert data["padded_steps"] == 1 and data["padded_rows"] == 2 and data["max_padded_rows"] == 2
+    assert data["rows"] == [[3, 3], [5, 3], [1, 0]]
+    mods = data["modules"]
+    # Norms are skipped; decoder layers and their attention/MLP children hooked.
+    assert set(mods) == {f"layers.{i}{c}" for i in (0, 1) for c in ("", ".self_attn", ".mlp")}
+    first = mods["layers.0.self_attn"]
+    assert first["real_nonfinite_rows"] == 0
+    assert first["pad_nonfinite_rows"] == 2 + 1  # padded step + dummy step
+    assert first["startup_nonfinite_rows"] == 8
+    assert first["first_kind"] == "pad"
+    total = nan_watch.summarize(out)
+    assert total["processes"] == 1 and total["real_nonfinite_rows"] == 0
+    assert total["pad_nonfinite_rows"] == 6 * 3 and total["padded_rows"] == 2
+
+
+def test_nan_in_a_real_row_is_a_real_row(fresh):
+    module, out = fresh
+    worker = module.Worker()
+    worker.load_model()
+    runner = worker.model_runner
+    runner.forward = lambda rows, real: runner.model(torch.full((rows, 4), float("nan")))
+    runner.execute_model(SimpleNamespace(total_num_scheduled_tokens=2))
+    nan_watch._state.flush()
+    total = nan_watch.summarize(out)
+    assert total["real_nonfinite_rows"] == 6 * 2 and total["pad_nonfinite_rows"] == 0
+
+
+def test_patch_applies_when_the_worker_module_is_imported_later(monkeypatch, tmp_path):
+    monkeypatch.setattr(nan_watch, "_state", None)
+    monkeypatch.delitem(sys.modules, nan_watch._WORKER_MODULE, raising=False)
+    before = list(sys.meta_path)
+    nan_watch.install(tmp_path)
+    try:
+        finder = sys.meta_path[0]
+        assert isinstance(finder, nan_watch._PatchOnImport)
+        patched = []
+        finder.patch = lambda m: patched.append(m)
+        # Simulate the import system asking for the module: the finder steps
+        # aside and wraps the real loader (spec None here: no such file).
+        assert finder.find_spec("some.other.module", None) is None
+        finder.find_spec(nan_watch._WORKER_MODULE, None)
+        assert finder not in sys.meta_path
+    finally:
+        sys.meta_path[:] = before
+
+
+def test_nonfinite_rows_ignores_non_float_and_empty():
+    assert nan_watch.nonfinite_rows(torch.tensor([1, 2]), 1) == (0, 0)
+    assert nan_watch.nonfinite_rows(torch.empty(0, 3), 0) == (0, 0)
+    t = torch.zeros(4, 2, 3)
+    t[1, 0, 0] = float("inf")
+    t[3, 1, 2] = float("nan")
+    assert nan_watch.nonfinite_rows(t, 2) == (1, 1)
