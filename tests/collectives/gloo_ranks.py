@@ -147,6 +147,10 @@ def _rank_main(argv: list[str]) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     faulthandler.dump_traceback_later(hang_s, exit=True)
 
+    # What torchrun would set: vLLM's external-launcher mode reads them.
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+
     import datetime
 
     import torch.distributed as dist
