@@ -11,7 +11,7 @@ states side by side without ever touching the venv.
   them, so a link is never written through); everything else is copied, keeping
   mtimes so the venv's cached bytecode stays valid in the copy.
 * Brought to ``state`` with patching.revert/apply; the pristine state is checked
-  against the wheel's RECORD hashes for every file the series touches.
+  against the wheel's RECORD, every file by hash (~2 s, once per build).
 * Cached under ``<repo>/.cache/overlays`` (or $VLLM_EPDP_CACHE, or
   ~/.cache/vllm-epdp/overlays outside a repository) by a key over the series
   content, the state, and the installed wheel's RECORD; built in a temporary
@@ -33,14 +33,14 @@ from pathlib import Path
 from vllm_epdp import patching
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.series import load_series, series_hash
-from vllm_epdp.target import Target, detect_installed, record_mismatches
+from vllm_epdp.target import Target, detect_installed, wheel_mismatches
 
 STATES = ("pristine", "patched")
-_FORMAT = "1"  # bump when the overlay layout changes
+_FORMAT = "2"  # bump when the overlay layout or its checks change
 _LINK_MIN_BYTES = 1 << 20  # hard-link files at least this big (the .so files)
 _COMPLETE = ".vllm-epdp-overlay.json"
 _STALE_TMP_S = 3600  # a temporary build this old belongs to a killed run
-_UNUSED_S = 24 * 3600  # overlays of an older series unused this long are removed
+_UNUSED_S = 2 * 3600  # overlays (e.g. of an older series) unused this long are removed
 
 
 def repo_root() -> Path | None:
@@ -121,7 +121,9 @@ def _bring_to_state(overlay: Target, installed: Target, patches, state: str) -> 
                  f"{installed.distribution}=={installed.version})")
     try:
         patching.revert(overlay, patches, log=quiet)
-        mismatched = record_mismatches(overlay.root, installed.record, patching.all_files(patches))
+        # Every file, not just the series' files: an install patched by an older
+        # series may carry changes (or new files) the current series knows nothing of.
+        mismatched = wheel_mismatches(overlay.root, installed.record)
         if mismatched:
             raise EpdpError(f"it differs from its wheel in {', '.join(mismatched)}")
         if state == "patched":
@@ -146,7 +148,10 @@ def overlay_env(state: str, base: dict | None = None, **kwargs) -> dict:
 def _key(target: Target, state: str, version: str) -> str:
     h = hashlib.sha256()
     record = "\n".join(f"{p},{e.sha256},{e.size}" for p, e in sorted(target.record.items()))
-    for part in (_FORMAT, state, series_hash(version), record, str(target.package_dir)):
+    # The pristine overlay is the wheel's bytes (checked file by file), whatever
+    # the series: keying it by the series would only rebuild it for nothing.
+    series = series_hash(version) if state == "patched" else ""
+    for part in (_FORMAT, state, series, record, str(target.package_dir)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]

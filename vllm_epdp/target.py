@@ -165,6 +165,19 @@ def record_mismatches(root: Path, record: dict[str, RecordEntry], paths) -> list
     return bad
 
 
+def wheel_mismatches(root: Path, record: dict[str, RecordEntry]) -> list[str]:
+    """The whole vllm/ package vs RECORD: every shipped file by hash, plus files
+    the wheel does not have (bytecode caches aside)."""
+    bad = record_mismatches(root, record, sorted(record))
+    for directory, dirs, files in os.walk(Path(root) / "vllm"):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            rel = os.path.relpath(os.path.join(directory, name), root)
+            if rel not in record:
+                bad.append(f"{rel} (not shipped in the wheel, but present)")
+    return bad
+
+
 def _distribution_owning(package_dir: Path) -> metadata.Distribution | None:
     init = package_dir / "__init__.py"
     candidates = []

@@ -81,6 +81,8 @@ def test_cached_and_keyed_by_series(site, fake_patches, tmp_path, patches_env):
         l for l in (other / "v0.32.0" / "series").read_text().splitlines() if "0003" not in l) + "\n")
     third = build(site, other, dest, "patched")
     assert third != first and not os.path.exists(os.path.join(third, "vllm/newpkg"))
+    # the pristine overlay is the wheel's bytes whatever the series
+    assert build(site, fake_patches, dest, "pristine") == build(site, other, dest, "pristine")
 
 
 def test_concurrent_builds_agree(site, fake_patches, tmp_path):
@@ -111,9 +113,12 @@ def test_stale_temporary_builds_are_ignored_and_pruned(site, fake_patches, tmp_p
 @pytest.mark.parametrize("path, old, new, needle", [
     ("vllm/sub/b.py", "'b'", "'hacked'", "vllm/sub/b.py hunk #1"),  # inside a hunk: conflict
     ("vllm/a.py", "line_10 = 10", "line_10 = 0", "vllm/a.py (sha256 differs from RECORD)"),  # elsewhere
+    ("vllm/__init__.py", "A fake", "An edited fake", "vllm/__init__.py (sha256"),  # a file no patch touches
+    ("vllm/old_series.py", "", "X = 1", "vllm/old_series.py (not shipped"),  # left by an older series
 ])
 def test_locally_modified_install_is_refused(site, fake_patches, tmp_path, path, old, new, needle):
-    (site / path).write_text((site / path).read_text().replace(old, new))
+    text = (site / path).read_text() if (site / path).exists() else ""
+    (site / path).write_text(text.replace(old, new) if old else new)
     r = subprocess.run([sys.executable, "-c", MAKE, str(tmp_path / "cache"), "pristine"],
                        env=th.cli_env(site, fake_patches), cwd=site.parent, capture_output=True, text=True)
     assert r.returncode != 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import tool_helpers as th
-from vllm_epdp.target import detect_installed, record_mismatches
+from vllm_epdp.target import detect_installed, wheel_mismatches
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,22 +51,9 @@ def installed():
     assert states() == initial
 
 
-def wheel_mismatches(target) -> list[str]:
-    """Every file of the vllm package vs the wheel's RECORD, plus files that
-    the wheel does not have (bytecode caches aside)."""
-    bad = record_mismatches(target.root, target.record, sorted(target.record))
-    for directory, dirs, files in os.walk(target.package_dir):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for name in files:
-            rel = os.path.relpath(os.path.join(directory, name), target.root)
-            if rel not in target.record:
-                bad.append(f"{rel} (not in the wheel)")
-    return bad
-
-
 def test_status_apply_revert_round_trip(installed):
     cli("revert")
-    assert wheel_mismatches(installed) == []
+    assert wheel_mismatches(installed.root, installed.record) == []
     n = len(states())
     assert set(states().values()) == {"not applied"}
 
@@ -94,7 +81,7 @@ def test_status_apply_revert_round_trip(installed):
     r = cli("revert")
     assert f"revert done: {n} patch(es) reverted" in r.stderr
     assert set(states().values()) == {"not applied"}
-    assert wheel_mismatches(installed) == [], "after revert every file must hash as shipped in the wheel"
+    assert wheel_mismatches(installed.root, installed.record) == [], "after revert every file must hash as shipped in the wheel"
 
 
 def test_check_on_a_source_checkout(vllm_pristine, tmp_path):
