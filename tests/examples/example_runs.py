@@ -1,0 +1,40 @@
+"""Paths of the examples and how the tests run them (bounded, own session)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from vllm_epdp import procs
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+OFFLINE = EXAMPLES / "offline_inference" / "xpu_arc_b60_dp_ep.py"
+SERVE_CPU = EXAMPLES / "online_serving" / "serve_dp_ep_cpu.sh"
+CLIENT = EXAMPLES / "online_serving" / "client_check.py"
+
+# Hard limits per run (engine start ~35 s on 2 cores, a DP=2 run ~1 min).
+RUN_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def verdict(log: Path) -> str:
+    """The example's last 'VERDICT: ...' line, or '' if it printed none."""
+    lines = [l for l in log.read_text(errors="replace").splitlines() if l.startswith("VERDICT:")]
+    return lines[-1] if lines else ""
+
+
+def torchrun_example(env: dict, nproc: int, args: list[str], log: Path) -> procs.Outcome:
+    """Run the offline example under torchrun in its own session, bounded."""
+    argv = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+        str(OFFLINE), *args,
+    ]
+    return procs.run_group(f"torchrun x{nproc}", [procs.ProcSpec("torchrun", argv, env, log)],
+                           timeout_s=RUN_TIMEOUT_S)
