@@ -17,3 +17,13 @@ from materialise import materialise_core  # noqa: E402
 def packed_core(tmp_path_factory) -> str:
     """Path of packed_collectives.py exactly as patch 0002 creates it."""
     return str(materialise_core(tmp_path_factory.mktemp("core")))
+
+
+@pytest.fixture(scope="session")
+def series_without():
+    """series_without("0006") -> env whose PYTHONPATH is the whole series
+    minus that patch (the pristine direction of a fix that needs the patches
+    before it). Uses the shared overlay helper of tests/runner."""
+    from tests.runner.variants import env_with, overlay_without
+
+    return lambda number: env_with(overlay_without(number))

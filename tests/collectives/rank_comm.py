@@ -119,7 +119,13 @@ def cpu_all(rank: int, world_size: int) -> None:
 
 
 def cpu_matrix(rank: int, world_size: int) -> None:
-    comm = make_communicator("cpu")
+    communicator_matrix(make_communicator("cpu"), rank, world_size)
+
+
+def communicator_matrix(comm, rank: int, world_size: int) -> None:
+    """all_gatherv (list and single tensor) over every dtype mix and size
+    pattern plus non-contiguous inputs, and reduce_scatterv over every size
+    pattern: byte-exact against local results, at most one collective each."""
     n = 0
     for mix_name, spec in cases.DTYPE_MIXES.items():
         if not all(cases.have_dtype(dt) for dt, _ in spec):
@@ -136,6 +142,11 @@ def cpu_matrix(rank: int, world_size: int) -> None:
         got = comm.all_gatherv(local, dim=0, sizes=sizes)
         for i, (g, e) in enumerate(zip(got, _expected_gather(label, spec, sizes, world_size))):
             assert cases.bytes_equal(g, e), f"{label}: tensor {i}"
+    reduce_scatter_matrix(comm, rank, world_size)
+    print(f"rank {rank}: {n} communicator gather cases ok")
+
+
+def reduce_scatter_matrix(comm, rank: int, world_size: int) -> None:
     for size_name, sizes in cases.sizes_cases(world_size).items():
         for dt in ("float32", "bfloat16", "float16"):
             for trailing in ((16,), (2, 3)):
@@ -145,7 +156,6 @@ def cpu_matrix(rank: int, world_size: int) -> None:
                     _check_reduce_scatter(comm, rank, world_size,
                                           f"rs/{size_name}/{dt}/none", sizes,
                                           cases.dtype_of(dt), trailing, pass_sizes=False)
-    print(f"rank {rank}: {n} communicator gather cases ok")
 
 
 def cpu_through_vllm_groups(rank: int, world_size: int) -> None:
@@ -179,3 +189,61 @@ def cpu_through_vllm_groups(rank: int, world_size: int) -> None:
                           cases.DTYPE_MIXES["moe_dispatch"], sizes)
             _check_reduce_scatter(group, rank, world_size, f"vllm/{group.unique_name}",
                                   sizes, torch.float32, (16,))
+
+
+# --------------------------------------------------------------- XPU (0005, 0006)
+def _xpu_communicator(world_size: int, sees_all_devices: bool = False):
+    """vLLM's XpuCommunicator on gloo groups. Only the device query that picks
+    a reduce_scatterv branch is faked: CPU torch reports 0 XPUs."""
+    if sees_all_devices:
+        torch.xpu.device_count = lambda: world_size
+    return make_communicator("xpu")
+
+
+def xpu_uniform_gather(rank: int, world_size: int) -> None:
+    """all_gatherv of one tensor with equal sizes on every rank (sizes None
+    or all equal): the path that handed dist.all_gather a 1-element list."""
+    comm = _xpu_communicator(world_size)
+    for pass_sizes in (None, [3] * world_size):
+        local = cases.make_tensor("xpu_uniform", rank, 0, 3, torch.float32, (16,))
+        want = torch.cat([cases.make_tensor("xpu_uniform", r, 0, 3, torch.float32, (16,))
+                          for r in range(world_size)])
+        with count_collectives() as calls:
+            got = comm.all_gatherv(local, dim=0, sizes=pass_sizes)
+        assert cases.bytes_equal(got, want), f"sizes={pass_sizes}: wrong gather"
+        assert len(calls) == 1, calls
+
+
+def xpu_list_gather_one_collective(rank: int, world_size: int) -> None:
+    """A MoE dispatch list (bf16 hidden, fp32 weights, int32 ids) must go out
+    as ONE collective: per-tensor collectives let ranks skew between calls."""
+    comm = _xpu_communicator(world_size)
+    spec = cases.DTYPE_MIXES["moe_dispatch"]
+    sizes = [4] * world_size
+    local = [cases.make_tensor("xpu_list", rank, i, 4, cases.dtype_of(dt), tr)
+             for i, (dt, tr) in enumerate(spec)]
+    with count_collectives() as calls:
+        got = comm.all_gatherv(local, dim=0, sizes=sizes)
+    print(f"collectives: {len(calls)}", flush=True)
+    want = _expected_gather("xpu_list", spec, sizes, world_size)
+    for i, (g, e) in enumerate(zip(got, want)):
+        assert cases.bytes_equal(g, e), f"tensor {i} differs"
+    assert len(calls) == 1, f"{len(calls)} collectives for one list: {calls}"
+
+
+def xpu_all(rank: int, world_size: int) -> None:
+    """The full matrix through XpuCommunicator, with reduce_scatterv's two
+    uneven branches: padded reduce_scatter_tensor (process does not see every
+    device) and list reduce_scatter (it does)."""
+    communicator_matrix(_xpu_communicator(world_size), rank, world_size)
+    communicator_matrix(_xpu_communicator(world_size, sees_all_devices=True), rank,
+                        world_size)
+
+
+def xpu_reduce_scatterv_branches(rank: int, world_size: int) -> None:
+    """reduce_scatterv's three branches (equal sizes; uneven, padded; uneven,
+    per-rank splits) give exact sums with one collective. Reviewed for the
+    all_gatherv kind of mistake: this holds on pristine vLLM too."""
+    reduce_scatter_matrix(_xpu_communicator(world_size), rank, world_size)
+    reduce_scatter_matrix(_xpu_communicator(world_size, sees_all_devices=True), rank,
+                          world_size)

@@ -1,0 +1,61 @@
+"""Patches 0005 and 0006: vLLM's XpuCommunicator exercised on CPU over gloo.
+
+The class is constructed as vLLM does (a CPU group and a device group), on
+gloo groups; no collective is faked. The only fake is torch.xpu.device_count,
+to reach reduce_scatterv's "process sees every device" branch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gloo_ranks import assert_all_ok, describe, run_ranks
+
+RANK_COMM = str(Path(__file__).parent / "rank_comm.py")
+
+
+def _run(fn, world_size, env, timeout_s=240):
+    return run_ranks(f"{RANK_COMM}:{fn}", world_size, env=env, timeout_s=timeout_s)
+
+
+# ---- 0005: equal sizes handed dist.all_gather a 1-element output list
+def test_uniform_all_gatherv_pristine_fails(vllm_pristine):
+    results = _run("xpu_uniform_gather", 2, vllm_pristine)
+    for r in results:
+        assert not r.ok, describe(results)
+        assert "invalid output tensor list at index 0 (expected length 2, got 1)" \
+            in r.stderr, describe(results)
+
+
+def test_uniform_all_gatherv_patched(vllm_patched):
+    assert_all_ok(_run("xpu_uniform_gather", 2, vllm_patched))
+
+
+# ---- 0006: a list goes out as one collective, not one per tensor
+def test_list_all_gatherv_without_0006_one_collective_per_tensor(series_without):
+    """With every patch but 0006 (so 0005's equal-size path works), the MoE
+    dispatch list of 3 tensors takes 3 collectives."""
+    results = _run("xpu_list_gather_one_collective", 2, series_without("0006"))
+    for r in results:
+        assert not r.ok, describe(results)
+        assert "collectives: 3" in r.stdout, describe(results)
+
+
+def test_list_all_gatherv_one_collective_patched(vllm_patched):
+    assert_all_ok(_run("xpu_list_gather_one_collective", 2, vllm_patched))
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_xpu_communicator_matrix(vllm_patched, world_size):
+    """Every dtype mix and size pattern (zero-row ranks, non-contiguous
+    inputs) through all_gatherv and reduce_scatterv, both device-count
+    branches of reduce_scatterv."""
+    assert_all_ok(_run("xpu_all", world_size, vllm_patched, timeout_s=300))
+
+
+def test_xpu_reduce_scatterv_branches_pristine(vllm_pristine):
+    """Review of reduce_scatterv for the all_gatherv kind of mistake: its
+    branches are right as shipped (and no patch touches them)."""
+    assert_all_ok(_run("xpu_reduce_scatterv_branches", 2, vllm_pristine))
