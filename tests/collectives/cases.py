@@ -73,11 +73,12 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values as `t`, stored non-contiguously (every other column of a
     wider buffer, or every other row for 1-D tensors)."""
     if t.dim() == 1:
-        wide = torch.zeros((t.shape[0] * 2,), dtype=t.dtype)
+        wide = torch.zeros((t.shape[0] * 2,), dtype=t.dtype, device=t.device)
         wide[::2] = t
         out = wide[::2]
     else:
-        wide = torch.zeros(t.shape[:-1] + (t.shape[-1] * 2,), dtype=t.dtype)
+        wide = torch.zeros(t.shape[:-1] + (t.shape[-1] * 2,), dtype=t.dtype,
+                           device=t.device)
         wide[..., ::2] = t
         out = wide[..., ::2]
     if t.numel() > 1:
@@ -86,7 +87,7 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def as_bytes(t: torch.Tensor) -> torch.Tensor:
-    t = t.contiguous()
+    t = t.cpu().contiguous()
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
     return t.reshape(-1).view(torch.uint8)
