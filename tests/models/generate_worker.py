@@ -1,6 +1,6 @@
 """Greedy generation with real vLLM (DP=1, eager) for the tiny-model tests.
 
-    python generate_worker.py MODEL DTYPE OUT.json PROMPTS.json MAX_TOKENS
+    python generate_worker.py MODEL DTYPE OUT.json PROMPTS.json MAX_TOKENS [LLM_KWARGS_JSON]
 
 Writes [{"ids": [...], "logprobs": [...]}, ...] (logprob of each chosen token)
 to OUT.json. Runs as its own process: vLLM's engine core is a spawned child,
@@ -15,8 +15,9 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     model, dtype, out, prompts_file, max_tokens = sys.argv[1:6]
+    extra = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
     prompts = json.loads(open(prompts_file).read())
-    llm = LLM(model=model, dtype=dtype, enforce_eager=True, max_model_len=256, seed=0)
+    llm = LLM(model=model, dtype=dtype, enforce_eager=True, max_model_len=256, seed=0, **extra)
     params = SamplingParams(
         temperature=0.0, max_tokens=int(max_tokens), ignore_eos=True, logprobs=1
     )

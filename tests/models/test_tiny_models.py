@@ -6,25 +6,13 @@ The e2e tests start one real vLLM engine each (~35 s); run them under
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.models.llm_helpers import MAX_TOKENS, hf_greedy, vllm_generate
 from vllm_epdp import tiny_models
-from vllm_epdp.procs import ProcSpec, run_group
-
-HERE = Path(__file__).resolve().parent
-PROMPTS = [
-    "Hello, world!",
-    "The quick brown fox",
-    "Once upon a time there was a little village",
-    "def add(a, b):",
-]
-MAX_TOKENS = 24
 
 
 @pytest.fixture(scope="session")
@@ -92,60 +80,19 @@ def test_config_and_tokenizer(moe_model, next_model):
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
-def _hf_greedy(model_dir: Path) -> list[list[int]]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    outs = []
-    with torch.no_grad():
-        for prompt in PROMPTS:
-            ids = tok(prompt, return_tensors="pt").input_ids
-            gen = model.generate(
-                ids,
-                max_new_tokens=MAX_TOKENS,
-                min_new_tokens=MAX_TOKENS,  # the equivalent of vLLM's ignore_eos
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-            )
-            outs.append(gen[0, ids.shape[1] :].tolist())
-    return outs
-
-
 def test_greedy_output_is_varied(moe_model):
     """A random model with default init repeats one token forever; ours must not."""
-    outs = _hf_greedy(moe_model)
+    outs = hf_greedy(moe_model)
     for seq in outs:
         assert len(set(seq)) >= MAX_TOKENS // 2, seq
     assert len({tuple(s) for s in outs}) == len(outs)
 
 
-def _vllm_generate(model_dir: Path, dtype: str, env: dict, tmp_path: Path) -> list[dict]:
-    prompts = tmp_path / "prompts.json"
-    prompts.write_text(json.dumps(PROMPTS))
-    out = tmp_path / "out.json"
-    env = dict(env)
-    env.update(
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-        VLLM_CPU_OMP_THREADS_BIND=",".join(map(str, sorted(os.sched_getaffinity(0)))),
-        HF_HUB_OFFLINE="1",
-    )
-    argv = [sys.executable, str(HERE / "generate_worker.py"), str(model_dir), dtype,
-            str(out), str(prompts), str(MAX_TOKENS)]
-    outcome = run_group(
-        "vllm-generate", [ProcSpec("llm", argv, env, tmp_path / "llm.log")], timeout_s=300
-    )
-    assert outcome.ok, outcome.describe(log_lines=60)
-    return json.loads(out.read_text())
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(420)
 def test_qwen3_moe_vllm_matches_transformers(moe_model, vllm_patched, tmp_path):
-    got = _vllm_generate(moe_model, "float32", vllm_patched, tmp_path)
-    want = _hf_greedy(moe_model)
+    got = vllm_generate(moe_model, "float32", vllm_patched, tmp_path)
+    want = hf_greedy(moe_model)
     assert [r["ids"] for r in got] == want
     assert all(math.isfinite(lp) for r in got for lp in r["logprobs"])
 
@@ -153,7 +100,7 @@ def test_qwen3_moe_vllm_matches_transformers(moe_model, vllm_patched, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.timeout(420)
 def test_qwen3_next_vllm_generates_finite(next_model, vllm_patched, tmp_path):
-    got = _vllm_generate(next_model, "bfloat16", vllm_patched, tmp_path)
+    got = vllm_generate(next_model, "bfloat16", vllm_patched, tmp_path)
     for r in got:
         assert len(r["ids"]) == MAX_TOKENS
         assert all(math.isfinite(lp) for lp in r["logprobs"]), r

@@ -1,0 +1,81 @@
+"""Shared by the tiny-model and MoE e2e tests: greedy generation with
+transformers (the reference) and with real vLLM in its own process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from vllm_epdp.procs import ProcSpec, run_group
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = [
+    "Hello, world!",
+    "The quick brown fox",
+    "Once upon a time there was a little village",
+    "def add(a, b):",
+]
+MAX_TOKENS = 24
+
+
+def hf_greedy(model_dir: Path, prompts=PROMPTS, max_tokens=MAX_TOKENS) -> list[list[int]]:
+    """Greedy continuations by transformers in float32, EOS ignored."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    outs = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tok(prompt, return_tensors="pt").input_ids
+            gen = model.generate(
+                ids,
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,  # the equivalent of vLLM's ignore_eos
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+            outs.append(gen[0, ids.shape[1] :].tolist())
+    return outs
+
+
+def cpu_bind(n_ranks: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND: our CPUs split into one list per rank."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < n_ranks:
+        return "|".join(str(cpus[i % len(cpus)]) for i in range(n_ranks))
+    per = len(cpus) // n_ranks
+    return "|".join(",".join(map(str, cpus[i * per : (i + 1) * per])) for i in range(n_ranks))
+
+
+def vllm_generate(
+    model_dir: Path,
+    dtype: str,
+    env: dict,
+    tmp_path: Path,
+    llm_kwargs: dict | None = None,
+    n_ranks: int = 1,
+    timeout_s: float = 300,
+) -> list[dict]:
+    """[{"ids": [...], "logprobs": [...]}] per prompt from one vLLM LLM
+    (DP=1; TP/EP through llm_kwargs), run by generate_worker.py."""
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    out = tmp_path / "out.json"
+    env = dict(env)
+    env.update(
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+        VLLM_CPU_OMP_THREADS_BIND=cpu_bind(n_ranks),
+        HF_HUB_OFFLINE="1",
+    )
+    argv = [sys.executable, str(HERE / "generate_worker.py"), str(model_dir), dtype,
+            str(out), str(prompts), str(MAX_TOKENS), json.dumps(llm_kwargs or {})]
+    outcome = run_group(
+        "vllm-generate", [ProcSpec("llm", argv, env, tmp_path / "llm.log")], timeout_s=timeout_s
+    )
+    assert outcome.ok, outcome.describe(log_lines=60)
+    return json.loads(out.read_text())
