@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,8 +188,9 @@ def _record(op: str, group_index: int, args: tuple, kwargs: dict) -> None:
     with _state_lock:
         _seq += 1
         _write_line(
-            f'{{"kind":"op","seq":{_seq},"group":"{key}","member":{member},'
-            f'"op":"{op}","shapes":{shapes},"dtypes":{dtypes}}}'.replace("'", '"')
+            f'{{"kind":"op","seq":{_seq},"t":{time.time():.6f},"group":"{key}",'
+            f'"member":{member},"op":"{op}","shapes":{shapes},'
+            f'"dtypes":{dtypes}}}'.replace("'", '"')
         )
 
 
@@ -260,6 +262,20 @@ class Ledger:
         default_factory=dict
     )
     problems: list[str] = field(default_factory=list)
+    # global rank -> file, for processes that used registered groups
+    global_ranks: dict[int, str] = field(default_factory=dict)
+
+    def fill_silent_members(self) -> None:
+        """A process that recorded collectives but none in a registered group
+        it belongs to (by the group's rank list) skipped every one of them:
+        count it as a member with an empty sequence."""
+        for key, members in self.groups.items():
+            if ":unregistered:" in key:
+                continue
+            ranks = key.split(":", 1)[1].split("#", 1)[0]
+            for r in (int(x) for x in ranks.split(",") if x):
+                if r not in members and r in self.global_ranks:
+                    members[r] = (self.global_ranks[r], [])
 
 
 def load(directory: str | os.PathLike) -> Ledger:
@@ -278,6 +294,9 @@ def load(directory: str | os.PathLike) -> Ledger:
                 continue
             entry = Entry(rec["seq"], rec["op"], rec["shapes"], rec["dtypes"])
             per_key.setdefault((rec["group"], rec["member"]), []).append(entry)
+        ranks = {m for (key, m) in per_key if ":unregistered:" not in key}
+        if len(ranks) == 1:
+            ledger.global_ranks[ranks.pop()] = path.name
         for (key, member), entries in per_key.items():
             members = ledger.groups.setdefault(key, {})
             if member in members:
@@ -298,6 +317,7 @@ def compare(directory: str | os.PathLike) -> list[str]:
     which the members' sequences differ (or where one sequence ended).
     """
     ledger = load(directory)
+    ledger.fill_silent_members()
     report = list(ledger.problems)
     for key, members in sorted(ledger.groups.items()):
         seqs = {
@@ -335,6 +355,7 @@ def summary(directory: str | os.PathLike) -> list[str]:
 def counts(directory: str | os.PathLike) -> dict[str, dict[int, int]]:
     """group key -> member -> number of compared (non-p2p) entries."""
     ledger = load(directory)
+    ledger.fill_silent_members()
     return {
         key: {
             m: sum(1 for e in entries if e.op not in P2P_OPS)

@@ -76,3 +76,32 @@ def env_with(path: Path, base: dict | None = None) -> dict:
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(path) + (os.pathsep + old if old else "")
     return env
+
+
+def overlay_with_edit(name: str, relpath: str, old: str, new: str) -> Path:
+    """The patched overlay with one literal edit in one file: for experiments
+    with fixes that are not in the series (e.g. an upstream PR's change)."""
+    patched = overlay.make_overlay(state="patched")
+    final = patched.parent / f"{patched.name}-edit-{name}"
+    if (final / ".complete").is_file():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-edit-{name}-", dir=patched.parent))
+    try:
+        overlay._copy_package(patched / "vllm", tmp / "vllm")
+        target = tmp / relpath
+        text = target.read_text()
+        if text.count(old) != 1:
+            raise LookupError(f"{relpath}: the text to replace occurs {text.count(old)} times")
+        target.unlink()  # the copy may be a hard link into the venv: never write through
+        target.write_text(text.replace(old, new))
+        (tmp / ".complete").write_text(name + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / ".complete").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

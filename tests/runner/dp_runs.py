@@ -1,0 +1,80 @@
+"""Offline DP runs (vLLM's data-parallel pattern: one process per DP rank,
+each with its own DPEngineCoreProc) of a request schedule, with the collective
+ledger on, through vllm_epdp.verify.rank. Used by the idle-rank experiments."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.runner.ranks import free_port
+from vllm_epdp import ledger, procs
+
+PROMPT = "The quick brown fox jumps over the lazy dog. "
+
+
+def run_schedule(
+    env: dict,
+    model: Path,
+    workdir: Path,
+    waves: list[list[list[int]]],
+    ep: bool = False,
+    timeout_s: float = 300.0,
+) -> dict:
+    """waves[rank] = list of waves, each a list of max_tokens (one request
+    each). Returns {"outcome", "results", "ledger_mismatches", "dp_counts"}."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = dict(env)
+    base.update(
+        VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+        VLLM_CPU_OMP_THREADS_BIND="0|1", HF_HUB_OFFLINE="1",
+        VLLM_EPDP_LEDGER=str(workdir / "ledger"),
+    )
+    scenario = {
+        "name": "schedule",
+        "waves": [
+            [
+                [
+                    {"id": f"r{rank}w{w}q{i}", "prompt": PROMPT * (1 + i % 3), "max_tokens": n}
+                    for i, n in enumerate(wave)
+                ]
+                for w, wave in enumerate(rank_waves)
+            ]
+            for rank, rank_waves in enumerate(waves)
+        ],
+    }
+    specs = []
+    for rank in range(len(waves)):
+        spec = {
+            "model": str(model), "dtype": "float32", "tp": 1, "dp": len(waves),
+            "dp_rank": rank, "ep": ep, "launcher": "mp", "max_model_len": 256,
+            "logprobs": 0, "scenarios": [scenario],
+            "out": str(workdir / "out" / "rank{rank}.json"),
+            "barrier_dir": str(workdir / "barrier"),
+        }
+        path = workdir / f"spec{rank}.json"
+        path.write_text(json.dumps(spec))
+        e = dict(base)
+        e.update(
+            VLLM_DP_RANK=str(rank), VLLM_DP_RANK_LOCAL=str(rank),
+            VLLM_DP_SIZE=str(len(waves)), VLLM_DP_MASTER_IP="127.0.0.1",
+            VLLM_DP_MASTER_PORT=str(port),
+        )
+        specs.append(procs.ProcSpec(
+            f"rank{rank}", [sys.executable, "-m", "vllm_epdp.verify.rank", str(path)],
+            e, workdir / f"rank{rank}.log",
+        ))
+    outcome = procs.run_group("dp schedule", specs, timeout_s)
+    results = {}
+    for p in sorted((workdir / "out").glob("rank*.json")):
+        results.update(json.loads(p.read_text())["results"]["schedule"])
+    ldir = workdir / "ledger"
+    return {
+        "outcome": outcome,
+        "results": results,
+        "ledger_mismatches": ledger.compare(ldir) if ldir.is_dir() else ["no ledger"],
+        "counts": ledger.counts(ldir) if ldir.is_dir() else {},
+    }

@@ -1,0 +1,39 @@
+"""The V1 runner's contract for a DP rank with zero scheduled tokens, pinned
+at runner level (vLLM's real CPU model runner, tiny dense model, DP=2 gloo):
+
+* external_launcher (torchrun): execute_model joins the DP step itself
+  (a dummy forward), so an idle rank keeps step with a working peer;
+* mp / ray (vllm serve, offline DP): execute_model returns without joining;
+  the engine core (DPEngineCoreProc.run_busy_loop) runs the dummy batch for
+  that step instead. A change that makes the runner join here too double-
+  joins under DPEngineCoreProc (tests/runner/test_idle_ranks_e2e.py).
+
+This is why patch slot 0012 ("idle DP ranks always join") holds no patch:
+docs/idle_ranks.md.
+"""
+
+import pytest
+
+from tests.runner import dense_model
+from tests.runner.ranks import WORKERS, run_ranks
+from vllm_epdp import ledger
+
+pytestmark = pytest.mark.timeout(400)
+STEPS = 30
+
+
+def test_zero_token_step_joins_only_under_external_launcher(series_env, tmp_path):
+    model = dense_model.build(tmp_path / "dense")
+    env = dict(series_env, EPDP_GLOO_TIMEOUT="20")
+    env["PYTHONPATH"] = f"{WORKERS}:{env['PYTHONPATH']}"
+    outcome, (idle, busy) = run_ranks(
+        "idle_rank_worker", 2, tmp_path, env=env,
+        args=[str(model), str(tmp_path / "ledger"), str(STEPS)], timeout_s=300,
+    )
+    assert outcome.ok, outcome.describe()
+    assert idle["external_launcher"] == busy["external_launcher"] == STEPS
+    assert idle["mp"] == STEPS and busy["mp"] == 0 and "mp_error" in busy
+    (mismatch,) = ledger.compare(tmp_path / "ledger")
+    # the 30 joined steps agree; the working rank's 31st has no partner
+    assert f"disagree at collective #{STEPS}\n" in mismatch
+    assert "<no entry" in mismatch
