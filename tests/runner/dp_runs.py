@@ -22,6 +22,8 @@ def run_schedule(
     waves: list[list[list[int]]],
     ep: bool = False,
     timeout_s: float = 300.0,
+    nan_watch: bool = False,
+    logprobs: int = 0,
 ) -> dict:
     """waves[rank] = list of waves, each a list of max_tokens (one request
     each). Returns {"outcome", "results", "ledger_mismatches", "dp_counts"}."""
@@ -33,6 +35,8 @@ def run_schedule(
         VLLM_CPU_OMP_THREADS_BIND="0|1", HF_HUB_OFFLINE="1",
         VLLM_EPDP_LEDGER=str(workdir / "ledger"),
     )
+    if nan_watch:
+        base["VLLM_EPDP_NAN_WATCH"] = str(workdir / "nan_watch")
     scenario = {
         "name": "schedule",
         "waves": [
@@ -51,7 +55,7 @@ def run_schedule(
         spec = {
             "model": str(model), "dtype": "float32", "tp": 1, "dp": len(waves),
             "dp_rank": rank, "ep": ep, "launcher": "mp", "max_model_len": 256,
-            "logprobs": 0, "scenarios": [scenario],
+            "logprobs": logprobs, "scenarios": [scenario],
             "out": str(workdir / "out" / "rank{rank}.json"),
             "barrier_dir": str(workdir / "barrier"),
         }
@@ -72,7 +76,9 @@ def run_schedule(
     for p in sorted((workdir / "out").glob("rank*.json")):
         results.update(json.loads(p.read_text())["results"]["schedule"])
     ldir = workdir / "ledger"
+    watch = [json.loads(p.read_text()) for p in sorted((workdir / "nan_watch").glob("*.json"))]
     return {
+        "nan_watch": watch,
         "outcome": outcome,
         "results": results,
         "ledger_mismatches": ledger.compare(ldir) if ldir.is_dir() else ["no ledger"],
