@@ -30,7 +30,7 @@ def overlay_without(number: str) -> Path:
     (patch,) = matches
     patched = overlay.make_overlay(state="patched")
     final = patched.parent / f"{patched.name}-without-{number}"
-    if (final / "vllm").is_dir() and (final / ".complete").is_file():
+    if (final / "vllm").is_dir() and (final / overlay._COMPLETE).is_file():
         return final
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-without-{number}-", dir=patched.parent))
     try:
@@ -47,11 +47,12 @@ def overlay_without(number: str) -> Path:
         )
         if (tmp / "vllm").is_dir() and not _reverted(tmp, patch):
             raise RuntimeError(f"git apply -R {patch.name} changed nothing in {tmp}")
-        (tmp / ".complete").write_text(patch.name + "\n")
+        # overlay.py's own marker: its pruning then removes stale variants too.
+        (tmp / overlay._COMPLETE).write_text(patch.name + "\n")
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / ".complete").is_file():
+            if not (final / overlay._COMPLETE).is_file():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
@@ -83,7 +84,7 @@ def overlay_with_edit(name: str, relpath: str, old: str, new: str) -> Path:
     with fixes that are not in the series (e.g. an upstream PR's change)."""
     patched = overlay.make_overlay(state="patched")
     final = patched.parent / f"{patched.name}-edit-{name}"
-    if (final / ".complete").is_file():
+    if (final / overlay._COMPLETE).is_file():
         return final
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-edit-{name}-", dir=patched.parent))
     try:
@@ -94,11 +95,11 @@ def overlay_with_edit(name: str, relpath: str, old: str, new: str) -> Path:
             raise LookupError(f"{relpath}: the text to replace occurs {text.count(old)} times")
         target.unlink()  # the copy may be a hard link into the venv: never write through
         target.write_text(text.replace(old, new))
-        (tmp / ".complete").write_text(name + "\n")
+        (tmp / overlay._COMPLETE).write_text(name + "\n")
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / ".complete").is_file():
+            if not (final / overlay._COMPLETE).is_file():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
