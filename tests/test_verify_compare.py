@@ -124,7 +124,7 @@ def test_default_selection_covers_required_targets():
 def test_all_adds_idle_long_and_serve_in_engine_order():
     p = plan.select(_models(), plan.embedded_configs(), [], True)
     assert p.selected["dp2-ep"] == ["idle-rank", "even", "uneven", "long"]
-    assert p.selected["serve-dp2-ep"] == ["serve"]
+    assert p.selected["serve-dp2-ep"] == ["serve-one", "serve"]
     assert "serve" in p.selected["ref-moe"] and "long" in p.selected["ref-moe"]
 
 

@@ -46,6 +46,7 @@ def run_verify(env: dict, args: list[str], logs: Path, timeout: float) -> tuple[
     alive = {pid for pid in leftovers if (i := procs.read_proc(pid)) and i.state != "Z"}
     for pid in alive:  # never leave them to the next test, even when failing
         os.kill(pid, 9)
+    (logs / "report.json").write_text(out)  # for a human after a failure
     report = json.loads(out) if out.strip().startswith("{") else None
     return p.returncode, report, (logs / "stderr.log").read_text(), alive
 

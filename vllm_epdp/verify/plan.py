@@ -17,7 +17,7 @@ from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
 # Order matters inside one engine: the idle-rank scenario goes first so that
 # the idle rank has never run a real step when its peer starts working.
-SCENARIO_ORDER = ("idle-rank", "even", "uneven", "long", "serve")
+SCENARIO_ORDER = ("idle-rank", "even", "uneven", "long", "serve-one", "serve")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ def embedded_configs() -> list[Config]:
         Config("dp2-ep", "qwen3-moe", 2, 1, True, "mp", ("even", "uneven"), ("idle-rank", "long")),
         Config("tp2-ep", "qwen3-moe", 1, 2, True, "mp", ("even", "uneven")),
         Config("next-dp2-ep", "qwen3-next", 2, 1, True, "mp", ("uneven",), ("idle-rank",)),
-        Config("serve-dp2-ep", "qwen3-moe", 2, 1, True, "serve", (), ("serve",)),
+        Config("serve-dp2-ep", "qwen3-moe", 2, 1, True, "serve", (), ("serve-one", "serve")),
     ]
 
 
@@ -87,7 +87,7 @@ def user_configs(model_key: str, dp: int, tp: int, launcher: str, ref_tp: int) -
     return [
         Config("ref", model_key, 1, ref_tp, False, "mp", (), reference=True),
         Config(target, model_key, dp, tp, True, launcher, ("even", "uneven"), ("idle-rank", "long")),
-        Config(f"serve-dp{dp}-tp{tp}-ep", model_key, dp, tp, True, "serve", (), ("serve",)),
+        Config(f"serve-dp{dp}-tp{tp}-ep", model_key, dp, tp, True, "serve", (), ("serve-one", "serve")),
     ]
 
 

@@ -89,22 +89,27 @@ def main(spec_path: str) -> int:
         barrier(barrier_dir, f"start-{name}", me, members)
         started = time.monotonic()
         done: dict[str, dict] = {}
-        for wave in scenario["waves"][dp_rank] if dp_rank < len(scenario["waves"]) else []:
-            if not wave:
-                continue
+        mine = scenario["waves"][dp_rank] if dp_rank < len(scenario["waves"]) else []
+        n_waves = max(len(w) for w in scenario["waves"])
+        for index in range(n_waves):
+            # vLLM's offline DP pattern has no coordinator: an engine whose
+            # front-end submits nothing never joins the other ranks' step
+            # loop, and a rank that submits after the others went idle starts
+            # a wave alone; either hangs. So DP ranks start each wave together,
+            # and a rank with nothing to do submits a 1-token placeholder (as
+            # vLLM's examples/offline_inference/data_parallel.py does); it then
+            # idles (dummy steps) while its peers work.
+            barrier(barrier_dir, f"{name}-wave{index}", me, members)
+            wave = mine[index] if index < len(mine) else []
+            todo = wave or [{"id": None, "prompt": "placeholder", "max_tokens": 1}]
             params = [
                 SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], logprobs=spec["logprobs"], ignore_eos=True)
-                for r in wave
+                for r in todo
             ]
-            outputs = llm.generate([r["prompt"] for r in wave], params, use_tqdm=False)
-            for request, output in zip(wave, outputs):
-                done[request["id"]] = result_of(output)
-        if torchrun:
-            # External launcher: the engine steps only inside generate(); a
-            # rank with nothing left keeps stepping (idle steps) until every
-            # DP rank is done, or its peers would wait for it forever.
-            while llm.llm_engine.has_unfinished_requests():
-                llm.llm_engine.step()
+            outputs = llm.generate([r["prompt"] for r in todo], params, use_tqdm=False)
+            for request, output in zip(todo, outputs):
+                if request["id"] is not None:
+                    done[request["id"]] = result_of(output)
         results[name] = done
         timings[name] = round(time.monotonic() - started, 2)
         progress(event="scenario_done", scenario=name, seconds=timings[name], dp_rank=dp_rank)

@@ -2,10 +2,15 @@
 waves, and which configurations run which scenarios.
 
 A *scenario* is a fixed set of requests (id, prompt, max_tokens), split per DP
-rank into *waves* (one ``generate()`` call each). Ranks are lined up with a
-barrier between scenarios, so a scenario's load pattern is what it says (e.g.
-"rank 1 has nothing" really means rank 1 is idle while rank 0 works), but not
-between waves, so within a scenario ranks go busy and idle at different times.
+rank into *waves* (one ``generate()`` call each). DP ranks start every wave
+together (a barrier): vLLM's offline DP pattern has no coordinator to wake an
+engine whose front-end submitted nothing, so a rank that starts work after its
+peers went idle, or never submits anything, hangs the others (vLLM's own
+example gives such ranks a placeholder prompt; verify/rank.py does the same
+with a 1-token request that is not compared). Within a wave, requests finish at
+different times (different max_tokens), so ranks go idle (dummy steps) and
+busy again at the next wave. Truly idle engines (never a request) are covered
+online, where vLLM's DP coordinator wakes them: the ``serve-one`` scenario.
 
 The reference (DP=1) runs the same requests; greedy outputs do not depend on
 how requests are batched (exactly in fp32 on CPU; within the logprob criterion
@@ -110,17 +115,18 @@ UNEVEN = Scenario(
 
 IDLE_RANK = Scenario(
     "idle-rank",
-    "fewer prompts than ranks: rank 1 has nothing for the whole scenario",
+    "fewer prompts than ranks: rank 1 has no prompt (1-token placeholder, then idle)",
     ((_reqs("idle-r0", [(21, 12, 32)]),),),
     default=False,
 )
 
-# Waves with different max_tokens: requests finish at different times, each
-# rank moves to its next wave on its own, so ranks alternate between idle and
-# busy. The longest request decodes 320 tokens (hundreds of decode steps).
+# Waves with different max_tokens: requests finish at different times, so
+# within a wave one rank idles while the other decodes, and both get busy again
+# at the next wave. The longest request decodes 320 tokens (hundreds of decode
+# steps).
 LONG = Scenario(
     "long",
-    "hundreds of decode steps; requests start and finish at different times on each rank",
+    "4 waves, hundreds of decode steps; requests finish at different times, ranks alternate idle/busy",
     (
         (
             _reqs("long-r0-w0", [(31, 10, 40), (32, 25, 320), (33, 5, 90)]),
@@ -145,4 +151,12 @@ SERVE = Scenario(
     ((_reqs("serve", [(51 + i, 3 + (i * 13) % 50, 8 + (i * 7) % 40) for i in range(10)]),),),
 )
 
-ALL_SCENARIOS = {s.name: s for s in (EVEN, UNEVEN, IDLE_RANK, LONG, SERVE)}
+# One request for a server with several DP engines: every other engine is idle
+# for the whole request, woken by vLLM's DP coordinator to run dummy steps.
+SERVE_ONE = Scenario(
+    "serve-one",
+    "a single HTTP request: every other DP engine idle for all of it",
+    ((_reqs("serve-one", [(71, 20, 48)]),),),
+)
+
+ALL_SCENARIOS = {s.name: s for s in (EVEN, UNEVEN, IDLE_RANK, LONG, SERVE, SERVE_ONE)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import signal
 import sys
 import time
 import urllib.error
@@ -24,6 +25,7 @@ from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env, free_port
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
+SHUTDOWN_GRACE_S = 30.0
 ARRIVAL_GAP_S = 0.4  # between request starts: requests overlap and finish apart
 
 
@@ -123,6 +125,13 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
                 return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir,
                                  f"{config.name}: request failed: {exc}\n" + outcome.describe(log_lines=0))
             settings.say(f"[verify] {config.name}: {name}: {len(requests)} concurrent requests in {time.monotonic() - t0:.1f} s")
+        # Stop the way a user does (Ctrl-C) so every process finishes its last
+        # step and its diagnostics (ledger, nan_watch) are complete; the group
+        # kills whatever is left after the grace period.
+        group.popens["server"].send_signal(signal.SIGINT)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while group.members() and time.monotonic() < deadline:
+            time.sleep(0.5)
     outcome = procs.Outcome(config.name, {"server": 0}, False, time.monotonic() - started, logs={"server": log})
     return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir)
 
