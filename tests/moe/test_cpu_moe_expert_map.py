@@ -10,7 +10,6 @@ ranks crash (SIGSEGV) or return wrong numbers.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
