@@ -14,10 +14,12 @@ top-k weights [T, 8], int32 top-k ids [T, 8], T rows on every rank.
            input (the MoE combine), with the backend's reduce_scatter or
            with one all_reduce and a slice
 
-Each timed call: ranks lined up on a gloo side group, device synchronised,
-then host time around the call including a device synchronize. The figure
-for an iteration is the slowest rank's; the table gives the median over
-iterations, in microseconds. Only torch and the core file are needed:
+Two timings, each a sample started with the ranks lined up on a gloo side
+group and the device synchronised: "latency" times one call up to a device
+synchronize (host overhead fully counted); "pipelined" times 10 back-to-back
+calls and divides (host work overlaps device work, as in an eager forward).
+A sample is the slowest rank's; tables give the median over samples, in
+microseconds. Only torch and the core file are needed:
 
     python benchmarks/collectives.py --backend gloo --world-sizes 2 4
     python benchmarks/collectives.py --backend nccl --world-sizes 2 \\
@@ -109,7 +111,10 @@ def _ops(core, tensors, group, rank, world_size, device, backend):
             "rs_native": rs(True), "rs_allreduce": rs(False)}
 
 
-def _time(fn, sync, align, iters: int, warmup: int) -> list[float]:
+def _time(fn, sync, align, iters: int, warmup: int, inner: int = 1) -> list[float]:
+    """Per-call microseconds: `inner` back-to-back calls between device
+    synchronisations, divided by `inner` (1: one call's full latency; more:
+    the pipelined cost, host work overlapping device work)."""
     for _ in range(warmup):
         fn()
     sync()
@@ -118,9 +123,10 @@ def _time(fn, sync, align, iters: int, warmup: int) -> list[float]:
         dist.barrier(group=align)
         sync()
         t0 = time.perf_counter()
-        fn()
+        for _ in range(inner):
+            fn()
         sync()
-        samples.append((time.perf_counter() - t0) * 1e6)
+        samples.append((time.perf_counter() - t0) * 1e6 / inner)
     # Slowest rank per iteration.
     t = torch.tensor(samples, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=align)
@@ -146,18 +152,21 @@ def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden,
         tensors = _inputs(t_rows, hidden, device)
         ops = _ops(core, tensors, group, rank, world_size, device, backend)
         n = iters if t_rows < 512 or backend == "nccl" else max(iters // 4, 10)
-        for name in METHODS:
-            samples = _time(ops[name], sync, align, n, warmup=max(n // 10, 3))
-            results.append({
-                "world_size": world_size, "rows": t_rows, "method": name,
-                "median_us": statistics.median(samples),
-                "p10_us": sorted(samples)[len(samples) // 10],
-                "p90_us": sorted(samples)[(len(samples) * 9) // 10],
-                "iters": n,
-            })
-            if rank == 0:
-                print(f"  x{world_size} T={t_rows:5d} {name:15s} "
-                      f"{results[-1]['median_us']:10.1f} us", flush=True)
+        for mode, inner in (("latency", 1), ("pipelined", 10)):
+            for name in METHODS:
+                reps = n if inner == 1 else max(n // inner, 5)
+                samples = _time(ops[name], sync, align, reps,
+                                warmup=max(n // 10, 3), inner=inner)
+                results.append({
+                    "world_size": world_size, "rows": t_rows, "method": name,
+                    "mode": mode, "median_us": statistics.median(samples),
+                    "p10_us": sorted(samples)[len(samples) // 10],
+                    "p90_us": sorted(samples)[(len(samples) * 9) // 10],
+                    "iters": reps, "calls_per_sample": inner,
+                })
+                if rank == 0:
+                    print(f"  x{world_size} T={t_rows:5d} {mode:9s} {name:15s} "
+                          f"{results[-1]['median_us']:10.1f} us", flush=True)
     if rank == 0:
         Path(result_path).write_text(json.dumps(results))
     dist.barrier(group=align)
@@ -165,13 +174,26 @@ def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden,
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
+    return "\n\n".join(
+        _markdown(meta, [r for r in rows if r.get("mode", "latency") == mode], mode)
+        for mode in ("latency", "pipelined")
+        if any(r.get("mode", "latency") == mode for r in rows))
+
+
+_MODES = {
+    "latency": "one call between device synchronisations (full latency)",
+    "pipelined": "10 back-to-back calls between synchronisations, per call",
+}
+
+
+def _markdown(meta: dict, rows: list[dict], mode: str) -> str:
     by = {(r["world_size"], r["rows"], r["method"]): r["median_us"] for r in rows}
     sizes = sorted({r["world_size"] for r in rows})
     ts = sorted({r["rows"] for r in rows})
     lines = [
-        f"{meta['backend']} on {meta['device']}, torch {meta['torch']}, H={meta['hidden']},"
-        " median us per call (slowest rank), ranks: "
-        + " / ".join(str(s) for s in sizes),
+        f"**{mode}**: {meta['backend']} on {meta['device']}, torch {meta['torch']},"
+        f" H={meta['hidden']}, {_MODES[mode]}; median us per call (slowest rank),"
+        " ranks: " + " / ".join(str(s) for s in sizes),
         "",
         "| T rows/rank | list (3 gathers) | packed | single same-byte gather "
         "| packed / list | barrier alone | packed + barrier |",

@@ -40,9 +40,15 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (meta, rows, ws) in zip(axes[0], panels):
         for method, label in LINES:
-            pts = sorted((r["rows"], r["median_us"]) for r in rows if r["method"] == method)
+            pts = sorted((r["rows"], r["median_us"]) for r in rows
+                         if r["method"] == method and r.get("mode", "latency") == "latency")
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=label)
+            pts = sorted((r["rows"], r["median_us"]) for r in rows
+                         if r["method"] == method and r.get("mode") == "pipelined")
+            if pts:
+                ax.plot(*zip(*pts), marker=".", linestyle=":",
+                        color=ax.lines[-1].get_color(), label=label + ", pipelined")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("rows per rank (H = %d)" % meta["hidden"])
