@@ -4,16 +4,21 @@ The reference setup: 4x Intel Arc Pro B60 on one host, TP=2, DP=2, expert
 parallelism over all 4 ranks, Qwen3.5-35B-A3B (hybrid Gated-DeltaNet + MoE):
 
     torchrun --nproc-per-node=4 xpu_arc_b60_dp_ep.py \\
-        --device xpu --tp 2 --dp 2 --model Qwen/Qwen3.5-35B-A3B
+        --device xpu --tp 2 --dp 2 --model Qwen/Qwen3.5-35B-A3B \\
+        --max-model-len 8192 --save dp2.json
+    # reference on the same GPUs, no DP (the reporters' working layout):
+    torchrun --nproc-per-node=4 xpu_arc_b60_dp_ep.py \\
+        --device xpu --tp 4 --dp 1 --model Qwen/Qwen3.5-35B-A3B \\
+        --max-model-len 8192 --reference dp2.json   # bf16: 'close' criterion
 
 The same script runs on CPU with a tiny model (this is how CI runs it):
 
     # reference: one rank, no DP, no EP
     torchrun --nproc-per-node=1 xpu_arc_b60_dp_ep.py --device cpu --tp 1 --dp 1 \\
-        --model /path/to/tiny-qwen3-moe --save ref.json
+        --model /path/to/tiny-qwen3-moe --dtype float32 --save ref.json
     # target: DP=2 + EP, compared token for token against the reference
     torchrun --nproc-per-node=2 xpu_arc_b60_dp_ep.py --device cpu --tp 1 --dp 2 \\
-        --model /path/to/tiny-qwen3-moe --reference ref.json
+        --model /path/to/tiny-qwen3-moe --dtype float32 --reference ref.json
 
 The last line printed by global rank 0 is the verdict, e.g.
     VERDICT: PASS dp=2 tp=1 ep matched reference on 8/8 prompts (exact, ...)
@@ -120,7 +125,8 @@ def parse_args(argv=None):
     p.add_argument("--num-prompts", type=int, default=len(PROMPTS))
     p.add_argument("--split", choices=["round-robin", "uneven"], default="round-robin")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="default: the model's; set it for big models (KV cache)")
     p.add_argument("--logprobs", type=int, default=5, help="top-k logprobs kept")
     p.add_argument(
         "--enforce-eager",
