@@ -7,8 +7,9 @@
 # Layout: DP engine cores, each driving TP GPUs. GPUs are assigned in order:
 # DP rank d uses GPUs d*TP .. d*TP+TP-1 of CUDA_VISIBLE_DEVICES; EP spans all
 # TP*DP GPUs (ep_rank = dp_rank*TP + tp_rank).
-# The ~1 h deadlock of upstream #43547 and the NaN/'!!!!' output are fixed by
-# the vllm-epdp series: check with `vllm-epdp status` that it is applied.
+# The NaN/'!!!!' output and the MoE collective hangs are fixed by the vllm-epdp
+# series (check with `vllm-epdp status`); for the ~1 h deadlock of upstream
+# #43547 see debug.md section 2 (run with VLLM_EPDP_LEDGER=DIR to catch it).
 # Check answers: python client_check.py --url http://HOST:$PORT --wait 900 \
 #                  --reference-url http://HOST:$REF_PORT --criterion close
 # (bf16 models: use --criterion close; exact token equality needs fp32.)
