@@ -70,6 +70,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 "(checked before and after). All or nothing, like apply.")
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
 
+    ledger = sub.add_parser(
+        "ledger", help="compare the collective ledgers of a run (VLLM_EPDP_LEDGER=DIR)",
+        description="Run vLLM with VLLM_EPDP_LEDGER=DIR (vllm-epdp installed: its vLLM plugin records "
+                    "every torch.distributed collective per rank and group), then `vllm-epdp ledger "
+                    "compare DIR`: exit 0 if all members of every group posted the same sequence, 1 "
+                    "and the first differing entry of each rank if not. `summary DIR` counts per group.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ledger.add_argument("ledger_args", nargs=argparse.REMAINDER, metavar="compare|summary DIR")
+
     verify = sub.add_parser(
         "verify", help="run DP x EP targets and compare them with a single-rank reference",
         description="Compare DP/TP/EP runs against a DP=1 reference.")
@@ -85,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "verify":
             return int(_verify_module().run(args) or 0)
+        if args.command == "ledger":
+            from vllm_epdp import ledger
+
+            return ledger.main(args.ledger_args)
         return COMMANDS[args.command](args)
     except EpdpError as e:
         print(f"vllm-epdp: {e.message}", file=sys.stderr)

@@ -44,8 +44,12 @@ WRAPPED_OPS: dict[str, int] = {
     "all_reduce": 2,
     "all_gather": 2,
     "all_gather_into_tensor": 2,
+    # torch 2.13 names of the "into one tensor" forms; the packed MoE gather
+    # of patch 0002 uses all_gather_single.
+    "all_gather_single": 2,
     "reduce_scatter": 3,
     "reduce_scatter_tensor": 3,
+    "reduce_scatter_single": 3,
     "broadcast": 2,
     "reduce": 3,
     "barrier": 0,
@@ -78,8 +82,10 @@ SHAPE_CHECKED_OPS = frozenset(
         "all_reduce",
         "all_gather",
         "all_gather_into_tensor",
+        "all_gather_single",
         "reduce_scatter",
         "reduce_scatter_tensor",
+        "reduce_scatter_single",
         "broadcast",
         "reduce",
         "barrier",

@@ -21,12 +21,15 @@ def test_ledger_agreeing_ranks(tmp_path):
     # all_reduce, broadcast and all_gather_object on the world; the *_object
     # helper's inner gathers are not counted twice.
     assert counts["gloo:0,1#0"] == {0: 3, 1: 3}
-    assert counts["gloo:0,1#1"] == {0: 2, 1: 2}
-    cli = subprocess.run(
-        [sys.executable, "-m", "vllm_epdp.ledger", "compare", str(out)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert cli.returncode == 0, cli.stdout + cli.stderr
+    # all_gather_into_tensor, all_gather_single and barrier on the subgroup.
+    assert counts["gloo:0,1#1"] == {0: 3, 1: 3}
+    for cmd in (["-m", "vllm_epdp.ledger"], ["-m", "vllm_epdp.cli", "ledger"]):
+        cli = subprocess.run(
+            [sys.executable, *cmd, "compare", str(out)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert "all members agree" in cli.stdout
 
 
 def test_ledger_finds_the_extra_collective(tmp_path):

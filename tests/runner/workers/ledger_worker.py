@@ -39,6 +39,9 @@ else:
     dist.all_reduce(t)
     out = torch.empty(8, dtype=torch.float32)
     dist.all_gather_into_tensor(out, t, group=sub)
+    # torch 2.13's name for the same op; the packed MoE gather (patch 0002)
+    # uses it, so the ledger must see it.
+    dist.all_gather_single(out, t, group=sub)
     dist.broadcast(torch.arange(3), src=0)
     objs = [None, None]
     dist.all_gather_object(objs, {"rank": rank})  # inner collectives not counted
