@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from vllm_epdp import __version__
@@ -105,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vllm-epdp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `vllm-epdp status | head`: the reader left; not an error worth a line.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         # The file system said no where our own checks did not foresee it
         # (disk full, permissions that os.access cannot see, ...).
