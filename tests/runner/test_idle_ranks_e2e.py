@@ -56,6 +56,7 @@ def test_idle_rank_stays_in_step(series_env, moe_model, tmp_path):
     assert sorted(len(r["token_ids"]) for r in run["results"].values()) == [3, 4, 9, 12, 30]
 
 
+@pytest.mark.experiment
 def test_upstream_idle_join_proposal_double_joins(moe_model, tmp_path):
     env = env_with(overlay_with_edit("naive-idle-join", *NAIVE_GATE))
     run = run_schedule(env, moe_model, tmp_path, UNEVEN, timeout_s=240)
