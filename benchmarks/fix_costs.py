@@ -9,13 +9,15 @@ process per DP rank: vllm_epdp.verify.runner.run_offline), eager, uneven load
 
 Metric: decode time per step on DP rank 0, per engine and repetition,
 
-    (T(generate, N tokens) - T(generate, 1 token)) / (N - 1)
+    (T(generate, N tokens) - T(generate, 2 tokens)) / (N - 2)
 
 where both generate() calls run the same prompt shapes (same word counts,
 other seeds so the prefix cache cannot serve the second from the first) on
-both ranks, started together (verify's barrier). The 1-token run is prefill
-plus one sampling step; the difference is N-1 decode steps, including the DP
-coordination all-reduce and the MoE collectives of every step.
+both ranks, started together (verify's barrier). The 2-token run is prefill
+plus one decode step; the difference is N-2 decode steps, including the DP
+coordination all-reduce and the MoE collectives of every step. (A 1-token
+run on every rank at once hung the offline DP ranks here: every request ends
+in the step that starts the wave.)
 
 Variants, run as separate engines interleaved A B C A B C ... (--rounds):
   full          whole series
@@ -81,7 +83,7 @@ def engine_scenarios(round_: int, reps: int, tokens: int) -> list[Scenario]:
     base = 1000 * (round_ + 1)
     out = [load_scenario("warmup", base, 16)]
     for r in range(reps):
-        out.append(load_scenario(f"prefill{r}", base + 2 * r + 1, 1))
+        out.append(load_scenario(f"prefill{r}", base + 2 * r + 1, 2))
         out.append(load_scenario(f"decode{r}", base + 2 * r + 2, tokens))
     return out
 
@@ -111,7 +113,7 @@ def run_engine(variant: str, path: Path, model: Model, scenarios: list[Scenario]
         raise RuntimeError(f"{variant}: engine run failed: {result.error}")
     timings = json.loads((workdir / "out" / "rank0.json").read_text())["timings"]
     reps = sum(1 for n in names if n.startswith("decode"))
-    return [(timings[f"decode{r}"] - timings[f"prefill{r}"]) / (tokens - 1) for r in range(reps)]
+    return [(timings[f"decode{r}"] - timings[f"prefill{r}"]) / (tokens - 2) for r in range(reps)]
 
 
 def markdown(report: dict) -> str:
@@ -166,7 +168,7 @@ def main() -> int:
         print(f"[fix_costs] round {r} {v}: " + ", ".join(f"{x * 1e3:.2f}" for x in per_step) + " ms/step", flush=True)
     report = {
         "config": "tiny Qwen3-MoE fp32, DP=2+EP offline (mp), eager, rank 0: 7 prompts, rank 1: 1 prompt",
-        "metric": "(T(generate N tokens) - T(generate 1 token)) / (N-1) on DP rank 0",
+        "metric": "(T(generate N tokens) - T(generate 2 tokens)) / (N-2) on DP rank 0",
         "tokens": args.tokens, "rounds": args.rounds, "reps_per_engine": args.reps,
         "order": [f"{r}:{v}" for r, v in order],
         "samples_ms": {v: [round(x * 1e3, 3) for x in s] for v, s in samples.items()},
