@@ -47,14 +47,23 @@ def overlay_without(number: str) -> Path:
         )
         if (tmp / "vllm").is_dir() and not _reverted(tmp, patch):
             raise RuntimeError(f"git apply -R {patch.name} changed nothing in {tmp}")
-        # overlay.py's own marker: its pruning then removes stale variants too.
-        (tmp / overlay._COMPLETE).write_text(patch.name + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / overlay._COMPLETE).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, final, patch.name)
+
+
+def _publish(tmp: Path, final: Path, label: str) -> Path:
+    """Move a finished variant into place atomically. overlay.py's own marker
+    goes in first, so its pruning also removes stale variants. A concurrent
+    run that published the same variant first wins; ours is dropped."""
+    try:
+        (tmp / overlay._COMPLETE).write_text(label + "\n")
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final / overlay._COMPLETE).is_file():
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -95,14 +104,7 @@ def overlay_with_edit(name: str, relpath: str, old: str, new: str) -> Path:
             raise LookupError(f"{relpath}: the text to replace occurs {text.count(old)} times")
         target.unlink()  # the copy may be a hard link into the venv: never write through
         target.write_text(text.replace(old, new))
-        (tmp / overlay._COMPLETE).write_text(name + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / overlay._COMPLETE).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    return _publish(tmp, final, name)
