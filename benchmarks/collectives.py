@@ -3,8 +3,11 @@
 What the MoE dispatch gathers per call: bf16 hidden states [T, H], fp32
 top-k weights [T, 8], int32 top-k ids [T, 8], T rows on every rank.
 
-  list     one all_gather per tensor (the pristine XPU list path; CUDA
-           issues the same three inside one NCCL group)
+  list     one all_gather per tensor into preallocated outputs (the issue's
+           anchor; CUDA issues the same three inside one NCCL group)
+  list_alloc  the same with a fresh output per tensor per call, as the
+           pristine XPU communicator's list path (and patch 0005's
+           per-tensor path) actually runs
   packed   all_gatherv_packed of patch 0002: one cat in, one gather, one cat out
   single   one all_gather of the same number of bytes, no packing: the floor
   barrier  dist.barrier on the same group alone (what
@@ -18,8 +21,11 @@ Two timings, each a sample started with the ranks lined up on a gloo side
 group and the device synchronised: "latency" times one call up to a device
 synchronize (host overhead fully counted); "pipelined" times 10 back-to-back
 calls and divides (host work overlaps device work, as in an eager forward).
+Methods take turns sample by sample (ratios are measured side by side), and
+on GPUs each rank is pinned to a core of its own.
 A sample is the slowest rank's; tables give the median over samples, in
-microseconds. Only torch and the core file are needed:
+microseconds. Everything runs under torch.inference_mode(), as in vLLM's
+forward pass (--no-inference-mode to compare; views cost more without). Only torch and the core file are needed:
 
     python benchmarks/collectives.py --backend gloo --world-sizes 2 4
     python benchmarks/collectives.py --backend nccl --world-sizes 2 \\
@@ -50,7 +56,7 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [1, 8, 64, 512, 4096]
 HIDDEN = 4096
-METHODS = ["list", "packed", "single", "barrier", "packed+barrier",
+METHODS = ["list", "list_alloc", "packed", "single", "barrier", "packed+barrier",
            "rs_native", "rs_allreduce"]
 
 
@@ -87,6 +93,10 @@ def _ops(core, tensors, group, rank, world_size, device, backend):
         for t, o in zip(tensors, outs):
             _gather_flat(o, t, group)
 
+    def list_alloc():
+        for t in tensors:
+            _gather_flat(t.new_empty((t.shape[0] * world_size,) + t.shape[1:]), t, group)
+
     def packed():
         core.all_gatherv_packed(tensors, None, group, rank, world_size)
 
@@ -106,35 +116,53 @@ def _ops(core, tensors, group, rank, world_size, device, backend):
         return lambda: core.reduce_scatterv_single(combine_in, None, group, rank,
                                                    world_size, native)
 
-    return {"list": list_path, "packed": packed, "single": single,
+    return {"list": list_path, "list_alloc": list_alloc, "packed": packed, "single": single,
             "barrier": barrier, "packed+barrier": packed_barrier,
             "rs_native": rs(True), "rs_allreduce": rs(False)}
 
 
-def _time(fn, sync, align, iters: int, warmup: int, inner: int = 1) -> list[float]:
-    """Per-call microseconds: `inner` back-to-back calls between device
-    synchronisations, divided by `inner` (1: one call's full latency; more:
-    the pipelined cost, host work overlapping device work)."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    samples = []
-    for _ in range(iters):
-        dist.barrier(group=align)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(inner):
+def _time(ops: dict, sync, align, iters: int, warmup: int,
+          inner: int = 1) -> dict[str, list[float]]:
+    """Per-call microseconds of every method: `inner` back-to-back calls
+    between device synchronisations, divided by `inner` (1: one call's full
+    latency; more: the pipelined cost, host work overlapping device work).
+    Methods take turns sample by sample, so drift on a shared machine hits
+    all of them alike and their ratios are measured side by side."""
+    for fn in ops.values():
+        for _ in range(warmup):
             fn()
-        sync()
-        samples.append((time.perf_counter() - t0) * 1e6 / inner)
-    # Slowest rank per iteration.
-    t = torch.tensor(samples, dtype=torch.float64)
+    sync()
+    samples: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(iters):
+        for name, fn in ops.items():
+            dist.barrier(group=align)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - t0) * 1e6 / inner)
+    # Slowest rank per sample.
+    t = torch.tensor([samples[name] for name in ops], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=align)
-    return t.tolist()
+    return dict(zip(ops, t.tolist()))
+
+
+def pin_cpu(rank: int) -> None:
+    """Pin this rank to one core of its own: at small sizes every method is
+    bound by host work, and a rank migrating between cores (or sharing one)
+    turns that into noise larger than the differences measured."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 4 * (rank + 1):
+        os.sched_setaffinity(0, {cpus[2 + 2 * rank]})
 
 
 def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden,
-          iters):
+          iters, inference_mode=True):
+    if backend == "nccl":
+        pin_cpu(rank)
+    if inference_mode:
+        torch.inference_mode().__enter__()  # this process only runs the benchmark
     device = torch.device("cpu")
     kwargs = {}
     if backend == "nccl":
@@ -153,10 +181,10 @@ def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden,
         ops = _ops(core, tensors, group, rank, world_size, device, backend)
         n = iters if t_rows < 512 or backend == "nccl" else max(iters // 4, 10)
         for mode, inner in (("latency", 1), ("pipelined", 10)):
-            for name in METHODS:
-                reps = n if inner == 1 else max(n // inner, 5)
-                samples = _time(ops[name], sync, align, reps,
-                                warmup=max(n // 10, 3), inner=inner)
+            reps = n if inner == 1 else max(n // 2, 5)
+            timed = _time({name: ops[name] for name in METHODS}, sync, align, reps,
+                          warmup=max(n // 10, 3), inner=inner)
+            for name, samples in timed.items():
                 results.append({
                     "world_size": world_size, "rows": t_rows, "method": name,
                     "mode": mode, "median_us": statistics.median(samples),
@@ -192,21 +220,27 @@ def _markdown(meta: dict, rows: list[dict], mode: str) -> str:
     ts = sorted({r["rows"] for r in rows})
     lines = [
         f"**{mode}**: {meta['backend']} on {meta['device']}, torch {meta['torch']},"
-        f" H={meta['hidden']}, {_MODES[mode]}; median us per call (slowest rank),"
+        f" H={meta['hidden']}, {_MODES[mode]}"
+        f"{', inference mode' if meta.get('inference_mode') else ''};"
+        " median us per call (slowest rank),"
         " ranks: " + " / ".join(str(s) for s in sizes),
         "",
-        "| T rows/rank | list (3 gathers) | packed | single same-byte gather "
-        "| packed / list | barrier alone | packed + barrier |",
-        "|---|---|---|---|---|---|---|",
+        "| T rows/rank | list (3 gathers) | list, fresh outputs | packed "
+        "| single same-byte gather | packed / list | packed / list fresh "
+        "| barrier alone | packed + barrier |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in ts:
         def cell(method, _t=t):
             return " / ".join(f"{by[(s, _t, method)]:.0f}" for s in sizes)
 
-        ratio = " / ".join(
-            f"{by[(s, t, 'packed')] / by[(s, t, 'list')]:.2f}" for s in sizes)
-        lines.append(f"| {t} | {cell('list')} | {cell('packed')} | {cell('single')} "
-                     f"| {ratio} | {cell('barrier')} | {cell('packed+barrier')} |")
+        def ratio(base, _t=t):
+            return " / ".join(
+                f"{by[(s, _t, 'packed')] / by[(s, _t, base)]:.2f}" for s in sizes)
+
+        lines.append(f"| {t} | {cell('list')} | {cell('list_alloc')} | {cell('packed')} "
+                     f"| {cell('single')} | {ratio('list')} | {ratio('list_alloc')} "
+                     f"| {cell('barrier')} | {cell('packed+barrier')} |")
     lines += [
         "",
         "| T rows/rank | reduce_scatterv: padded reduce_scatter | all_reduce + slice |",
@@ -229,6 +263,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=None,
                    help="timed calls per point (default: gloo 40, nccl 200)")
     p.add_argument("--core", help="packed_collectives.py (default: from patch 0002)")
+    p.add_argument("--no-inference-mode", dest="inference_mode", action="store_false",
+                   help="time outside torch.inference_mode() (vLLM runs inside it)")
     p.add_argument("--json", help="write results here as JSON")
     p.add_argument("--markdown", help="write the table here as markdown")
     args = p.parse_args()
@@ -253,14 +289,16 @@ def main() -> None:
         sizes = args.world_sizes
     meta = {"backend": args.backend, "device": device_name, "torch": torch.__version__,
             "hidden": args.hidden, "rows": args.rows, "iters": iters,
-            "core": "patch 0002" if args.core is None else args.core}
+            "core": "patch 0002" if args.core is None else args.core,
+            "inference_mode": args.inference_mode}
     rows: list[dict] = []
     for ws in sizes:
         result = Path(tmp) / f"result-{ws}.json"
         init = f"file://{tmp}/store-{ws}"
         print(f"{args.backend} x{ws}:", flush=True)
         mp.start_processes(_rank, args=(ws, args.backend, core, init, str(result),
-                                        args.rows, args.hidden, iters),
+                                        args.rows, args.hidden, iters,
+                                        args.inference_mode),
                            nprocs=ws, join=True, start_method="spawn")
         rows.extend(json.loads(result.read_text()))
     table = markdown(meta, rows)

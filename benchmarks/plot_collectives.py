@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-LINES = [("list", "list path (3 gathers)"), ("packed", "packed (patch 0002)"),
+LINES = [("list", "list path (3 gathers)"), ("list_alloc", "list path, fresh outputs"),
+         ("packed", "packed (patch 0002)"),
          ("single", "single same-byte gather"), ("packed+barrier", "packed + barrier")]
 
 
