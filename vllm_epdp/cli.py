@@ -52,8 +52,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     p = command("status", "show the detected vLLM and the state of every patch",
                 "Show the detected vLLM (distribution, version, location, model runner) and, for every "
-                "patch of its series: applied / not applied / conflicts (with the file and hunk). "
-                "Changes nothing. Exit 1 if a patch conflicts.")
+                "patch of its series: applied / not applied / conflicts (with the file and hunk) / "
+                "outdated (an older revision of the patch, recorded when it was applied, is on "
+                "disk: revert, then apply). Changes nothing. Exit 1 if a patch conflicts or is "
+                "outdated.")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p = command("check", "dry run: does the series apply?",
                 "Dry run of `apply`: try every selected patch on top of the earlier ones, change "
@@ -68,7 +70,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p = command("revert", "take the series (or the named patches) out again",
                 "Revert the named applied patches (default: all), last first. On an installed vLLM "
                 "every file they touched must afterwards hash as recorded in the wheel's RECORD "
-                "(checked before and after). All or nothing, like apply.")
+                "(checked before and after). All or nothing, like apply. A patch applied in an "
+                "older revision (a later vllm-epdp changed it) is taken off in the revision "
+                "recorded when it was applied.")
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
 
     ledger = sub.add_parser(
@@ -178,7 +182,11 @@ def cmd_status(args) -> int:
             print("WARNING       an interrupted run left a journal; `vllm-epdp apply` or `revert` rolls it back first")
         print()
         _print_table(states)
-    return 1 if any(s.state == patching.CONFLICTS for s in states) else 0
+    return 1 if any(s.state in _BLOCKED for s in states) else 0
+
+
+# States that keep `apply` from running (exit 1 for status and check).
+_BLOCKED = ("conflicts", "outdated")
 
 
 def _print_table(states) -> None:
@@ -197,12 +205,13 @@ def cmd_check(args) -> int:
 
     target, _, patches = _target_and_series(args)
     states = patching.check(target, patches, args.patches)
-    ok = not any(s.state == patching.CONFLICTS for s in states)
+    ok = not any(s.state in _BLOCKED for s in states)
     if args.json:
         print(json.dumps({"ok": ok, "patches": [s.to_json() for s in states]}, indent=2))
     else:
         words = {patching.APPLIED: "already applied", patching.NOT_APPLIED: "applies",
-                 patching.CONFLICTS: "CONFLICTS"}
+                 patching.CONFLICTS: "CONFLICTS",
+                 patching.OUTDATED: "OUTDATED (an older revision is applied)"}
         for s in states:
             print(f"{s.patch.number} {s.patch.subject}: {words[s.state]}")
             for d in s.details:

