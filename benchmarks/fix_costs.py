@@ -16,8 +16,9 @@ other seeds so the prefix cache cannot serve the second from the first) on
 both ranks, started together (verify's barrier). The 2-token run is prefill
 plus one decode step; the difference is N-2 decode steps, including the DP
 coordination all-reduce and the MoE collectives of every step. (A 1-token
-run on every rank at once hung the offline DP ranks here: every request ends
-in the step that starts the wave.)
+run on every rank at once hung the offline DP ranks here without patch 0012:
+the wave ended at its first step while requests were still arriving;
+debug.md section 9. The 2-token baseline measures the same and stays.)
 
 Variants, run as separate engines interleaved A B C A B C ... (--rounds):
   full          whole series

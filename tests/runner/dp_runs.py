@@ -24,9 +24,14 @@ def run_schedule(
     timeout_s: float = 300.0,
     nan_watch: bool = False,
     logprobs: int = 0,
+    stall_s: float | None = None,
 ) -> dict:
     """waves[rank] = list of waves, each a list of max_tokens (one request
-    each). Returns {"outcome", "results", "ledger_mismatches", "dp_counts"}."""
+    each). Returns {"outcome", "results", "ledger_mismatches", "dp_counts"}.
+
+    stall_s: once one rank has finished its whole schedule, the others get
+    this long to finish too before the run counts as hung (an expected hang
+    then costs engine start + stall_s, not the whole timeout_s)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = dict(env)
@@ -71,7 +76,14 @@ def run_schedule(
             f"rank{rank}", [sys.executable, "-m", "vllm_epdp.verify.rank", str(path)],
             e, workdir / f"rank{rank}.log",
         ))
-    outcome = procs.run_group("dp schedule", specs, timeout_s)
+    barriers = workdir / "barrier"
+
+    def stall_deadline(group: procs.ProcGroup) -> None:
+        if stall_s is not None and any(barriers.glob("exit.*")):
+            group.timeout_s = min(group.timeout_s, group.elapsed() + stall_s)
+
+    with procs.ProcGroup("dp schedule", specs, timeout_s) as group:
+        outcome = group.wait(on_tick=stall_deadline)
     results = {}
     for p in sorted((workdir / "out").glob("rank*.json")):
         results.update(json.loads(p.read_text())["results"]["schedule"])

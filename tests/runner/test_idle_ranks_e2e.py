@@ -1,11 +1,14 @@
-"""Idle DP ranks (issue 4, patch slot 0012): real offline DP runs (one process
-per DP rank, vLLM's DPEngineCoreProc, gloo) of the tiny Qwen3-MoE, DP=2, with
-the collective ledger on. EP is off: the DP-group bookkeeping under test does
-not depend on it, and the runs need only the CPU collective patch.
+"""Idle DP ranks and DP waves (issue 4, patch 0012): real offline DP runs (one
+process per DP rank, vLLM's DPEngineCoreProc, gloo) of the tiny Qwen3-MoE,
+DP=2+EP, with the collective ledger on.
 
 What these pin down (see docs/idle_ranks.md):
 * requests finishing at different steps, one rank idle for ~20 steps while
-  its peer works: every member of every group posts the same collectives;
+  its peer works, then rounds of 1-token requests (7 on one rank, 1 on the
+  other): every member of every group posts the same collectives;
+* without 0012 the first such round hangs: rank 0's batch is split across
+  two waves (the wave ends at its first step, before the rest of the batch
+  arrived) and rank 0 steps alone in the DP all-reduce;
 * the upstream proposal for #43547 (#44601, #51984, #53578: the runner joins
   the DP step on zero scheduled tokens for every backend) makes the idle rank
   post one DP collective more than its peer when its last request finishes,
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.runner.dp_runs import run_schedule
-from tests.runner.variants import env_with, overlay_with_edit
+from tests.runner.variants import env_with, overlay_with_edit, overlay_without
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -36,6 +39,10 @@ NAIVE_GATE = (
 # rank 0: one wave, requests finishing after 4, 12 and 30 tokens; rank 1: one
 # wave finishing after 3 and 9 tokens, then idle while rank 0 works.
 UNEVEN = [[[4, 12, 30]], [[3, 9]]]
+# A round of 1-token requests, 7 on rank 0 and 1 on rank 1 (every rank calls
+# generate() once per round), after a 16-token round.
+ONE_TOKEN_ROUND = [[1] * 7, [1]]
+SPLIT_BATCH = [[[16], ONE_TOKEN_ROUND[0]], [[16], ONE_TOKEN_ROUND[1]]]
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +56,23 @@ def _dp_counts(run) -> dict:
     return {k: v for k, v in run["counts"].items() if not k.startswith("unknown")}
 
 
-def test_idle_rank_stays_in_step(series_env, moe_model, tmp_path):
-    run = run_schedule(series_env, moe_model, tmp_path, UNEVEN, timeout_s=300)
+def test_idle_rank_and_split_batches_stay_in_step(series_env, moe_model, tmp_path):
+    schedule = [UNEVEN[r] + [ONE_TOKEN_ROUND[r]] * 3 for r in range(2)]
+    run = run_schedule(series_env, moe_model, tmp_path, schedule, ep=True, timeout_s=300)
     assert run["outcome"].ok, run["outcome"].describe()
     assert run["ledger_mismatches"] == []
-    assert sorted(len(r["token_ids"]) for r in run["results"].values()) == [3, 4, 9, 12, 30]
+    assert sorted(len(r["token_ids"]) for r in run["results"].values()) == [1] * 24 + [3, 4, 9, 12, 30]
+
+
+def test_without_0012_split_batch_hangs(moe_model, tmp_path):
+    """The known failure: the 1-token round never finishes on rank 0."""
+    env = env_with(overlay_without("0012"))
+    run = run_schedule(env, moe_model, tmp_path, SPLIT_BATCH, ep=True, timeout_s=300, stall_s=30)
+    outcome = run["outcome"]
+    assert not outcome.ok and outcome.timed_out, outcome.describe()
+    assert run["ledger_mismatches"], "expected rank 0 one DP collective ahead"
+    assert "coordinate_batch_across_dp" in outcome.stacks  # rank 0's worker
+    assert "_process_input_queue" in outcome.stacks  # rank 1's engine, idle
 
 
 @pytest.mark.experiment
