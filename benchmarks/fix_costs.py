@@ -25,6 +25,9 @@ Variants, run as separate engines interleaved A B C A B C ... (--rounds):
   without-0008  series minus 0008 (no DP padding under EP in eager mode)
   without-0010  series minus 0010 (padding rows of attention/SSM outputs left
                 as torch.empty instead of zeroed)
+  without-0012  series minus 0012 (no batch-complete round trip from the
+                front-end to its engine; 0012 costs once per generate()
+                call, not per step: read its 2-token round column)
 Each engine does one warm-up and then --reps (prefill, decode) pairs.
 
 Not measured, no CPU effect: 0009 changes only the XPU Gated DeltaNet wrapper
@@ -58,7 +61,7 @@ from vllm_epdp.verify import runner  # noqa: E402
 from vllm_epdp.verify.plan import Config, Model  # noqa: E402
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt  # noqa: E402
 
-MEASURED = ("0008", "0010")
+MEASURED = ("0008", "0010", "0012")
 NO_CPU_EFFECT = {
     "0009": "XPU-only: changes the XPU Gated DeltaNet wrapper (Qwen3-Next on XPU), no CPU code path",
     "0011": "async-scheduling default under EP+DP; the CPU platform forces async scheduling off anyway",
@@ -99,9 +102,10 @@ def variant_paths(variants: list[str]) -> dict[str, Path]:
 
 
 def run_engine(variant: str, path: Path, model: Model, scenarios: list[Scenario], tokens: int,
-               workdir: Path, timeout_s: float) -> list[float]:
-    """Start one DP=2+EP engine pair on ``path``'s vLLM; per-step decode
-    seconds, one per repetition."""
+               workdir: Path, timeout_s: float) -> tuple[list[float], list[float]]:
+    """Start one DP=2+EP engine pair on ``path``'s vLLM; per repetition, the
+    per-step decode seconds and the seconds of the 2-token round (prefill
+    plus one decode step: what 0012 adds to, once per generate() call)."""
     for s in scenarios:
         ALL_SCENARIOS[s.name] = s  # run_offline looks scenarios up by name
     names = [s.name for s in scenarios]
@@ -114,21 +118,26 @@ def run_engine(variant: str, path: Path, model: Model, scenarios: list[Scenario]
         raise RuntimeError(f"{variant}: engine run failed: {result.error}")
     timings = json.loads((workdir / "out" / "rank0.json").read_text())["timings"]
     reps = sum(1 for n in names if n.startswith("decode"))
-    return [(timings[f"decode{r}"] - timings[f"prefill{r}"]) / (tokens - 2) for r in range(reps)]
+    decode = [(timings[f"decode{r}"] - timings[f"prefill{r}"]) / (tokens - 2) for r in range(reps)]
+    return decode, [timings[f"prefill{r}"] for r in range(reps)]
 
 
 def markdown(report: dict) -> str:
     full = report["median_ms"]["full"]
+    full_round = report["round_median_ms"]["full"]
     lines = [
-        "| variant | decode ms/step (median) | samples (ms) | full / variant |",
-        "|---|---|---|---|",
+        "| variant | decode ms/step (median) | samples (ms) | full / variant "
+        "| 2-token round ms (median) | full / variant |",
+        "|---|---|---|---|---|---|",
     ]
     for v, med in report["median_ms"].items():
         samples = ", ".join(f"{x:.2f}" for x in report["samples_ms"][v])
         ratio = "1.00" if v == "full" else f"{full / med:.3f}"
-        lines.append(f"| {v} | {med:.2f} | {samples} | {ratio} |")
+        rnd = report["round_median_ms"][v]
+        rratio = "1.00" if v == "full" else f"{full_round / rnd:.3f}"
+        lines.append(f"| {v} | {med:.2f} | {samples} | {ratio} | {rnd:.1f} | {rratio} |")
     for number, why in report["not_measured"].items():
-        lines.append(f"| without-{number} | not measured | | no CPU effect: {why} |")
+        lines.append(f"| without-{number} | not measured | | no CPU effect: {why} | | |")
     return "\n".join(lines)
 
 
@@ -161,12 +170,16 @@ def main() -> int:
     model = Model("qwen3-moe", str(tiny_models.build_qwen3_moe(args.model_dir)), "float32", "exact")
     workroot = Path(args.workdir or tempfile.mkdtemp(prefix="fixcost-"))
     samples: dict[str, list[float]] = {v: [] for v in variants}
+    rounds: dict[str, list[float]] = {v: [] for v in variants}
     started = time.monotonic()
     for r, v in order:
-        per_step = run_engine(v, paths[v], model, engine_scenarios(r, args.reps, args.tokens), args.tokens,
-                              workroot / f"round{r}-{v}", args.timeout)
+        per_step, round_s = run_engine(v, paths[v], model, engine_scenarios(r, args.reps, args.tokens),
+                                       args.tokens, workroot / f"round{r}-{v}", args.timeout)
         samples[v].extend(per_step)
-        print(f"[fix_costs] round {r} {v}: " + ", ".join(f"{x * 1e3:.2f}" for x in per_step) + " ms/step", flush=True)
+        rounds[v].extend(round_s)
+        print(f"[fix_costs] round {r} {v}: " + ", ".join(f"{x * 1e3:.2f}" for x in per_step)
+              + " ms/step; 2-token rounds " + ", ".join(f"{x * 1e3:.0f}" for x in round_s) + " ms",
+              flush=True)
     report = {
         "config": "tiny Qwen3-MoE fp32, DP=2+EP offline (mp), eager, rank 0: 7 prompts, rank 1: 1 prompt",
         "metric": "(T(generate N tokens) - T(generate 2 tokens)) / (N-2) on DP rank 0",
@@ -174,6 +187,8 @@ def main() -> int:
         "order": [f"{r}:{v}" for r, v in order],
         "samples_ms": {v: [round(x * 1e3, 3) for x in s] for v, s in samples.items()},
         "median_ms": {v: round(statistics.median(s) * 1e3, 3) for v, s in samples.items()},
+        "round_samples_ms": {v: [round(x * 1e3, 1) for x in s] for v, s in rounds.items()},
+        "round_median_ms": {v: round(statistics.median(s) * 1e3, 1) for v, s in rounds.items()},
         "not_measured": NO_CPU_EFFECT,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs",
         "wall_s": round(time.monotonic() - started, 1),
