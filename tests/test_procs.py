@@ -102,11 +102,16 @@ def test_success_reports_ok(tmp_path):
 @pytest.mark.timeout(90)
 def test_ctrl_c_of_the_parent_kills_its_groups(tmp_path):
     """A parent that uses procs and is interrupted leaves nothing behind."""
+    # The parent restores Python's Ctrl-C handler: a process started in the
+    # background by a non-interactive shell (CI runners, `cmd &`) inherits
+    # SIGINT as ignored, and Python then keeps ignoring it; a terminal user's
+    # process has the handler. (Both CI failures of this test were that.)
     parent = textwrap.dedent(
         f"""
-        import os, sys, time
+        import os, signal, sys, time
         from pathlib import Path
         from vllm_epdp import procs
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         g = procs.ProcGroup("x", [procs.ProcSpec("r0", [sys.executable, "-c", {HANGING_RANK!r}],
                                   dict(os.environ), Path({str(tmp_path)!r}) / "r0.log")], 600)
         g.start()
@@ -129,7 +134,7 @@ def test_ctrl_c_of_the_parent_kills_its_groups(tmp_path):
     try:
         rc = p.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        # Seen once in a CI run on a loaded machine: say where the parent was.
+        # Say where the parent was (py-spy) if it ever outlives SIGINT again.
         stack = procs.dump_stack(p.pid)
         rc = None
     time.sleep(0.5)
