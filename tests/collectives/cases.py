@@ -104,3 +104,15 @@ def int_valued(case: str, rank: int, rows: int, trailing: tuple[int, ...],
     order, so every reduction algorithm must agree bit for bit."""
     gen = torch.Generator().manual_seed(zlib.crc32(f"rs/{case}/{rank}".encode()))
     return torch.randint(-8, 9, (rows,) + tuple(trailing), generator=gen).to(dtype)
+
+
+def reduce_scatter_case(case: str, rank: int, world_size: int, sizes: list[int],
+                        trailing: tuple[int, ...], dtype: torch.dtype
+                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every rank's reduce-scatter input (int_valued) and this rank's exact
+    rows of their sum."""
+    total = sum(sizes)
+    inputs = [int_valued(case, r, total, trailing, dtype) for r in range(world_size)]
+    full = torch.stack([x.to(torch.float64) for x in inputs]).sum(0)
+    start = sum(sizes[:rank])
+    return inputs, full[start : start + sizes[rank]].to(dtype)

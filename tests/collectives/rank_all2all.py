@@ -24,30 +24,19 @@ def agrs_barriers(rank: int, world_size: int, scenarios: list) -> None:
     VLLM_MOE_ALLGATHER_BARRIER=setting (None: unset), run one
     dispatch_router_logits + dispatch + combine, check what they return, and
     print "barriers <setting> <fake_xpu>: N"."""
-    from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
     from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
-    from vllm.distributed.parallel_state import (
-        get_dp_group,
-        get_ep_group,
-        init_distributed_environment,
-        initialize_model_parallel,
-    )
+    from vllm.distributed.parallel_state import get_dp_group, get_ep_group
     from vllm.forward_context import get_forward_context, set_forward_context
     from vllm.platforms import current_platform
 
-    os.environ.setdefault("VLLM_DIST_IDENT", "collectives-test")
-    config = VllmConfig(parallel_config=ParallelConfig(
-        data_parallel_size=world_size, data_parallel_rank=rank,
-        enable_expert_parallel=True, distributed_executor_backend="external_launcher"))
+    from vllm_groups import dp_ep_groups
+
     sizes = [0] + [r + 2 for r in range(1, world_size)]  # rank 0 has no tokens
     n = sizes[rank]
     hidden, experts, topk = 16, 8, 2
     platform_cls = type(current_platform)
     real_is_xpu = platform_cls.is_xpu
-    with set_current_vllm_config(config):
-        init_distributed_environment(world_size=world_size, rank=rank,
-                                     local_rank=rank, backend="gloo")
-        initialize_model_parallel(1, 1)
+    with dp_ep_groups(rank, world_size) as config:
         for setting, fake_xpu in scenarios:
             if setting is None:
                 os.environ.pop("VLLM_MOE_ALLGATHER_BARRIER", None)

@@ -71,12 +71,7 @@ def _check_gather(comm, rank, world_size, label, spec, sizes, max_collectives=1)
 
 def _check_reduce_scatter(comm, rank, world_size, label, sizes, dtype, trailing,
                           pass_sizes=True):
-    total = sum(sizes)
-    inputs = [cases.int_valued(label, r, total, trailing, dtype)
-              for r in range(world_size)]
-    full = torch.stack([x.to(torch.float64) for x in inputs]).sum(0)
-    start = sum(sizes[:rank])
-    want = full[start : start + sizes[rank]].to(dtype)
+    inputs, want = cases.reduce_scatter_case(label, rank, world_size, sizes, trailing, dtype)
     with count_collectives() as calls:
         got = comm.reduce_scatterv(inputs[rank], dim=0,
                                    sizes=sizes if pass_sizes else None)
@@ -162,25 +157,12 @@ def cpu_through_vllm_groups(rank: int, world_size: int) -> None:
     """The same calls through vLLM's own parallel state: DP = world size, EP
     on, gloo, external-launcher style (no engine); the DP and EP groups'
     GroupCoordinator dispatches to the CpuCommunicator vLLM built itself."""
-    import os
+    from vllm.distributed.parallel_state import get_dp_group, get_ep_group
 
-    from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
-    from vllm.distributed.parallel_state import (
-        get_dp_group,
-        get_ep_group,
-        init_distributed_environment,
-        initialize_model_parallel,
-    )
+    from vllm_groups import dp_ep_groups
 
-    os.environ.setdefault("VLLM_DIST_IDENT", "collectives-test")
-    config = VllmConfig(parallel_config=ParallelConfig(
-        data_parallel_size=world_size, data_parallel_rank=rank,
-        enable_expert_parallel=True, distributed_executor_backend="external_launcher"))
-    with set_current_vllm_config(config):
-        # The world process group exists already (gloo_ranks made it).
-        init_distributed_environment(world_size=world_size, rank=rank,
-                                     local_rank=rank, backend="gloo")
-        initialize_model_parallel(1, 1)
+    # The world process group exists already (gloo_ranks made it).
+    with dp_ep_groups(rank, world_size):
         sizes = [3 * r for r in range(world_size)]  # rank 0 idle: 0 rows
         for group in (get_dp_group(), get_ep_group()):
             comm = group.device_communicator

@@ -179,12 +179,8 @@ def reduce_scatter_matrix(rank: int, world_size: int, core: str,
             dtype = cases.dtype_of(dt)
             for trailing in ((16,), (), (2, 3)):
                 label = f"{size_name}/{dt}/{trailing}"
-                total = sum(sizes)
-                inputs = [cases.int_valued(label, r, total, trailing, dtype)
-                          for r in range(world_size)]
-                full = torch.stack([x.to(torch.float64) for x in inputs]).sum(0)
-                start = sum(sizes[:rank])
-                want = full[start : start + sizes[rank]].to(dtype)
+                inputs, want = cases.reduce_scatter_case(label, rank, world_size, sizes,
+                                                         trailing, dtype)
                 local = inputs[rank].to(dev)
                 for native in (True, False):
                     for pass_sizes in ([None, sizes] if len(set(sizes)) == 1 else [sizes]):
