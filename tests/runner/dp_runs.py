@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.runner.ranks import free_port
 from vllm_epdp import ledger, procs
 
+SLOW_FRONTEND = Path(__file__).parent / "workers" / "slow_frontend.py"
 PROMPT = "The quick brown fox jumps over the lazy dog. "
 
 
@@ -25,13 +26,18 @@ def run_schedule(
     nan_watch: bool = False,
     logprobs: int = 0,
     stall_s: float | None = None,
+    frontend_gap_s: float | None = None,
 ) -> dict:
     """waves[rank] = list of waves, each a list of max_tokens (one request
     each). Returns {"outcome", "results", "ledger_mismatches", "dp_counts"}.
 
     stall_s: once one rank has finished its whole schedule, the others get
     this long to finish too before the run counts as hung (an expected hang
-    then costs engine start + stall_s, not the whole timeout_s)."""
+    then costs engine start + stall_s, not the whole timeout_s).
+
+    frontend_gap_s: each rank's front-end waits this long after sending each
+    request (workers/slow_frontend.py), so that a batch reaches the engine
+    spread over several steps."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = dict(env)
@@ -72,8 +78,12 @@ def run_schedule(
             VLLM_DP_SIZE=str(len(waves)), VLLM_DP_MASTER_IP="127.0.0.1",
             VLLM_DP_MASTER_PORT=str(port),
         )
+        if frontend_gap_s is None:
+            argv = [sys.executable, "-m", "vllm_epdp.verify.rank", str(path)]
+        else:
+            argv = [sys.executable, str(SLOW_FRONTEND), str(frontend_gap_s), str(path)]
         specs.append(procs.ProcSpec(
-            f"rank{rank}", [sys.executable, "-m", "vllm_epdp.verify.rank", str(path)],
+            f"rank{rank}", argv,
             e, workdir / f"rank{rank}.log",
         ))
     barriers = workdir / "barrier"

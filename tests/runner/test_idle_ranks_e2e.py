@@ -8,7 +8,10 @@ What these pin down (see docs/idle_ranks.md):
   other): every member of every group posts the same collectives;
 * without 0012 the first such round hangs: rank 0's batch is split across
   two waves (the wave ends at its first step, before the rest of the batch
-  arrived) and rank 0 steps alone in the DP all-reduce;
+  arrived) and rank 0 steps alone in the DP all-reduce. Both tests run with
+  a slow front-end (a pause after each request sent) so that the batch
+  always arrives over several steps; with the front-end at full speed the
+  split happened in 3 of 3 runs on a quiet machine but not in one CI run;
 * the upstream proposal for #43547 (#44601, #51984, #53578: the runner joins
   the DP step on zero scheduled tokens for every backend) makes the idle rank
   post one DP collective more than its peer when its last request finishes,
@@ -43,6 +46,10 @@ UNEVEN = [[[4, 12, 30]], [[3, 9]]]
 # generate() once per round), after a 16-token round.
 ONE_TOKEN_ROUND = [[1] * 7, [1]]
 SPLIT_BATCH = [[[16], ONE_TOKEN_ROUND[0]], [[16], ONE_TOKEN_ROUND[1]]]
+# Each front-end waits this long after sending a request (slow prompt
+# preparation), so a batch reaches its engine over several steps: the split
+# no longer depends on the machine's load. Far longer than a tiny model's step.
+FRONTEND_GAP_S = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,9 @@ def _dp_counts(run) -> dict:
 
 def test_idle_rank_and_split_batches_stay_in_step(series_env, moe_model, tmp_path):
     schedule = [UNEVEN[r] + [ONE_TOKEN_ROUND[r]] * 3 for r in range(2)]
-    run = run_schedule(series_env, moe_model, tmp_path, schedule, ep=True, timeout_s=300)
+    run = run_schedule(
+        series_env, moe_model, tmp_path, schedule, ep=True, timeout_s=300, frontend_gap_s=FRONTEND_GAP_S
+    )
     assert run["outcome"].ok, run["outcome"].describe()
     assert run["ledger_mismatches"] == []
     assert sorted(len(r["token_ids"]) for r in run["results"].values()) == [1] * 24 + [3, 4, 9, 12, 30]
@@ -67,7 +76,9 @@ def test_idle_rank_and_split_batches_stay_in_step(series_env, moe_model, tmp_pat
 def test_without_0012_split_batch_hangs(moe_model, tmp_path):
     """The known failure: the 1-token round never finishes on rank 0."""
     env = env_with(overlay_without("0012"))
-    run = run_schedule(env, moe_model, tmp_path, SPLIT_BATCH, ep=True, timeout_s=300, stall_s=30)
+    run = run_schedule(
+        env, moe_model, tmp_path, SPLIT_BATCH, ep=True, timeout_s=300, stall_s=30, frontend_gap_s=FRONTEND_GAP_S
+    )
     outcome = run["outcome"]
     assert not outcome.ok and outcome.timed_out, outcome.describe()
     assert run["ledger_mismatches"], "expected rank 0 one DP collective ahead"
