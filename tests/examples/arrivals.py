@@ -1,0 +1,87 @@
+"""Requests that arrive while a DP rank idles, against a running `vllm serve`
+(the coordinator path of docs/idle_ranks.md): issue 4 asks whether a rank
+ever posts different DP collectives than its peers because of its local load.
+
+The schedule, in three phases (vLLM's load balancer picks the rank):
+1. long and short requests together, then single short ones arriving while
+   the long one decodes: one rank runs out of work and idles while its peer
+   works, then gets work again mid-wave;
+2. a pause: every request finished, the wave ends on both ranks;
+3. one request alone (its engine starts a wave; the coordinator wakes the
+   idle peer), then a burst of 1-token requests a tenth of a second apart
+   (the online form of patch 0012's split batch).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+PROMPT = "The quick brown fox jumps over the lazy dog. "
+# (seconds after the phase starts, max_tokens)
+BUSY_AND_IDLE = [(0.0, 30), (0.0, 12), (0.0, 4), (0.5, 1), (1.0, 1), (1.5, 2), (2.5, 3)]
+WAKE_AND_BURST = [(0.0, 16)] + [(0.5 + 0.1 * i, 1) for i in range(7)]
+PAUSE_S = 3.0
+
+
+def _complete(url: str, model: str, max_tokens: int, timeout_s: float) -> int:
+    body = json.dumps({
+        "model": model, "prompt": PROMPT, "max_tokens": max_tokens,
+        "temperature": 0.0, "ignore_eos": True,
+    }).encode()
+    req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.load(resp)["usage"]["completion_tokens"]
+
+
+def _phase(url: str, model: str, events: list[tuple[float, int]], timeout_s: float) -> list:
+    """Send each request at its offset (one thread each); wait for all.
+    Returns completion token counts, or the exception text, in event order."""
+    results: list = [None] * len(events)
+    start = time.monotonic()
+
+    def one(i: int, at: float, max_tokens: int) -> None:
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        try:
+            results[i] = _complete(url, model, max_tokens, timeout_s)
+        except Exception as e:  # reported to the test, which names the request
+            results[i] = f"{type(e).__name__}: {e}"
+
+    threads = [threading.Thread(target=one, args=(i, at, n), daemon=True) for i, (at, n) in enumerate(events)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 10)
+    return results
+
+
+def run(url: str, timeout_s: float = 120.0) -> dict[str, list]:
+    """Run the three phases; {"busy_and_idle": [...], "wake_and_burst": [...]}
+    with each request's completion token count (or its error)."""
+    with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
+        model = json.load(resp)["data"][0]["id"]
+    first = _phase(url, model, BUSY_AND_IDLE, timeout_s)
+    time.sleep(PAUSE_S)
+    second = _phase(url, model, WAKE_AND_BURST, timeout_s)
+    return {"busy_and_idle": first, "wake_and_burst": second}
+
+
+def expected() -> dict[str, list]:
+    return {"busy_and_idle": [n for _, n in BUSY_AND_IDLE], "wake_and_burst": [n for _, n in WAKE_AND_BURST]}
+
+
+def wait_quiet(directory, quiet_s: float = 3.0, limit_s: float = 60.0) -> bool:
+    """Wait until no ledger file in ``directory`` has grown for ``quiet_s``
+    (the engines ended their wave); False if that took longer than limit_s."""
+    deadline = time.monotonic() + limit_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        sizes = sorted((p.name, p.stat().st_size) for p in directory.glob("*.jsonl"))
+        if sizes != last:
+            last, since = sizes, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return True
+        time.sleep(0.2)
+    return False
