@@ -3,9 +3,10 @@
 ever posts different DP collectives than its peers because of its local load.
 
 The schedule, in three phases (vLLM's load balancer picks the rank):
-1. long and short requests together, then single short ones arriving while
-   the long one decodes: one rank runs out of work and idles while its peer
-   works, then gets work again mid-wave;
+1. long and short requests together, then single short ones arriving over
+   the next 2.5 s: a rank runs out of work and idles while its peer works,
+   then gets work again (within the wave or after it ended: the load
+   balancer and the step times decide);
 2. a pause: every request finished, the wave ends on both ranks;
 3. one request alone (its engine starts a wave; the coordinator wakes the
    idle peer), then a burst of 1-token requests a tenth of a second apart
