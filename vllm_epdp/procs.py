@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -388,6 +389,14 @@ class ProcGroup:
             if info is not None and info.start == self._known[pid] and info.ppid == os.getpid():
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(pid, os.WNOHANG)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a rendezvous
+    or a server started right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_group(label: str, specs: list[ProcSpec], timeout_s: float, **kw) -> Outcome:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -13,14 +12,10 @@ OFFLINE = EXAMPLES / "offline_inference" / "xpu_arc_b60_dp_ep.py"
 SERVE_CPU = EXAMPLES / "online_serving" / "serve_dp_ep_cpu.sh"
 CLIENT = EXAMPLES / "online_serving" / "client_check.py"
 
+free_port = procs.free_port
+
 # Hard limits per run (engine start ~35 s on 2 cores, a DP=2 run ~1 min).
 RUN_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def verdict(log: Path) -> str:

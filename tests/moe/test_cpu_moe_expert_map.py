@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vllm_epdp.procs import ProcSpec, run_group
+from tests.runner.ranks import run_ranks
 
 HERE = Path(__file__).resolve().parent
 WORLD = 2
@@ -32,38 +31,11 @@ TOLERANCE = {"float32": 1e-5, "bfloat16": 0.06}
 pytestmark = pytest.mark.timeout(300)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ep_layer(env: dict, tmp_path: Path):
     """Start the ranks (own sessions, hard deadline, stacks on hang, group
     killed at the end); return the outcome and each rank's results (or None)."""
-    port = str(_free_port())
-    specs = []
-    for rank in range(WORLD):
-        e = dict(env)
-        e.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            EPDP_RESULT=str(tmp_path / f"result-{rank}.pt"),
-            OMP_NUM_THREADS="1",
-            PYTHONFAULTHANDLER="1",
-        )
-        specs.append(ProcSpec(
-            f"rank{rank}", [sys.executable, str(HERE / "ep_layer_worker.py")], e,
-            tmp_path / f"rank{rank}.log",
-        ))
-    outcome = run_group("ep-moe-layer x2", specs, timeout_s=240)
-    results = []
-    for rank in range(WORLD):
-        path = tmp_path / f"result-{rank}.pt"
-        results.append(torch.load(path) if path.exists() else None)
-    return outcome, results
+    return run_ranks(HERE / "ep_layer_worker.py", WORLD, tmp_path, env=env, timeout_s=240,
+                     result_suffix=".pt", load=torch.load)
 
 
 def errors(results) -> dict[str, float]:

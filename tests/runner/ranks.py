@@ -5,36 +5,43 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from vllm_epdp import procs
 
 WORKERS = Path(__file__).parent / "workers"
+free_port = procs.free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _load_json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def run_ranks(
-    worker: str,
+    worker: str | Path,
     nranks: int,
     tmp_path: Path,
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
     timeout_s: float = 120.0,
-) -> tuple[procs.Outcome, list[dict]]:
-    """Run tests/runner/workers/<worker>.py as ranks 0..nranks-1.
+    result_suffix: str = ".json",
+    load: Callable[[Path], Any] = _load_json,
+    missing: Any = None,
+) -> tuple[procs.Outcome, list]:
+    """Run a worker script as ranks 0..nranks-1: ``worker`` is the name of
+    one in tests/runner/workers, or a path to a script elsewhere.
 
-    Each rank writes its result as JSON to tmp_path/result-<rank>.json; the
-    list of results (one per rank, {} if a rank wrote none) comes back with
-    the outcome. ``env`` is the base environment (e.g. a vllm_pristine or
-    vllm_patched fixture), default: this process's environment.
+    Each rank writes its result to $EPDP_RESULT (tmp_path/result-<rank> +
+    result_suffix); the results (``load``ed, ``missing`` for a rank that
+    wrote none; default {} for JSON) come back with the outcome. ``env`` is
+    the base environment (e.g. a vllm_pristine or vllm_patched fixture),
+    default: this process's environment.
     """
+    script = Path(worker) if isinstance(worker, Path) else WORKERS / f"{worker}.py"
+    if missing is None and load is _load_json:
+        missing = {}
     base = dict(os.environ if env is None else env)
     port = str(free_port())
     specs = []
@@ -45,20 +52,21 @@ def run_ranks(
             WORLD_SIZE=str(nranks),
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
-            EPDP_RESULT=str(tmp_path / f"result-{rank}.json"),
+            EPDP_RESULT=str(tmp_path / f"result-{rank}{result_suffix}"),
             OMP_NUM_THREADS="1",
+            PYTHONFAULTHANDLER="1",
         )
         specs.append(
             procs.ProcSpec(
                 name=f"rank{rank}",
-                argv=[sys.executable, str(WORKERS / f"{worker}.py"), *(args or [])],
+                argv=[sys.executable, str(script), *(args or [])],
                 env=e,
                 log=tmp_path / f"rank{rank}.log",
             )
         )
-    outcome = procs.run_group(f"{worker} x{nranks}", specs, timeout_s)
+    outcome = procs.run_group(f"{script.stem} x{nranks}", specs, timeout_s)
     results = []
     for rank in range(nranks):
-        p = tmp_path / f"result-{rank}.json"
-        results.append(json.loads(p.read_text()) if p.exists() else {})
+        p = tmp_path / f"result-{rank}{result_suffix}"
+        results.append(load(p) if p.exists() else missing)
     return outcome, results

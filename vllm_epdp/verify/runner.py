@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -55,12 +54,6 @@ class RunResult:
     @property
     def outputs_seen(self) -> bool:
         return any(self.outputs.values())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_bind(n_ranks: int) -> str:
@@ -163,12 +156,12 @@ def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Pat
         argv = [
             sys.executable, "-m", "torch.distributed.run",
             f"--nproc-per-node={config.dp * config.tp}",
-            f"--master-port={free_port()}",
+            f"--master-port={procs.free_port()}",
             "-m", "vllm_epdp.verify.rank", str(spec_path),
         ]
         specs.append(procs.ProcSpec("torchrun", argv, env, workdir / "torchrun.log"))
     else:
-        port = free_port()
+        port = procs.free_port()
         for rank in range(config.dp):
             spec_path = workdir / f"spec-rank{rank}.json"
             spec_path.write_text(json.dumps(rank_spec(config, model, scenarios, workdir, rank)))

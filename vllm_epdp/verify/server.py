@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vllm_epdp import procs
 from vllm_epdp.verify.plan import Config, Model
-from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env, free_port
+from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
 SHUTDOWN_GRACE_S = 30.0
@@ -63,7 +63,7 @@ def to_result(choice: dict) -> dict:
 
 def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = procs.free_port()
     argv = [
         sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model.path,
         "--host", "127.0.0.1", "--port", str(port),
