@@ -41,7 +41,7 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
             pytest.fail("client timed out; server stacks:\n" + group.dump_stacks()
                         + "\n" + procs.log_tail(server_log, 40))
         served = arrivals.run(url, timeout_s=60) if res.returncode == 0 else None
-        quiet = arrivals.wait_quiet(ledger_dir)
+        quiet = served is not None and arrivals.wait_quiet(ledger_dir)
         if served is not None and served != arrivals.expected():
             pytest.fail(f"arrivals: {served}; server stacks:\n" + group.dump_stacks()
                         + "\n" + procs.log_tail(server_log, 40))

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.timeout(300)
 
 def run_ep_layer(env: dict, tmp_path: Path):
     """Start the ranks (own sessions, hard deadline, stacks on hang, group
-    killed at the end); return the outcome and each rank's results (or None)."""
+    killed at the end); return the outcome and each rank's results ({} if
+    it wrote none)."""
     return run_ranks(HERE / "ep_layer_worker.py", WORLD, tmp_path, env=env, timeout_s=240,
                      result_suffix=".pt", load=torch.load)
 

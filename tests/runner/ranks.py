@@ -28,20 +28,17 @@ def run_ranks(
     timeout_s: float = 120.0,
     result_suffix: str = ".json",
     load: Callable[[Path], Any] = _load_json,
-    missing: Any = None,
 ) -> tuple[procs.Outcome, list]:
     """Run a worker script as ranks 0..nranks-1: ``worker`` is the name of
     one in tests/runner/workers, or a path to a script elsewhere.
 
     Each rank writes its result to $EPDP_RESULT (tmp_path/result-<rank> +
-    result_suffix); the results (``load``ed, ``missing`` for a rank that
-    wrote none; default {} for JSON) come back with the outcome. ``env`` is
+    result_suffix); the results (read by ``load``; {} for a rank that wrote
+    none) come back with the outcome. ``env`` is
     the base environment (e.g. a vllm_pristine or vllm_patched fixture),
     default: this process's environment.
     """
     script = Path(worker) if isinstance(worker, Path) else WORKERS / f"{worker}.py"
-    if missing is None and load is _load_json:
-        missing = {}
     base = dict(os.environ if env is None else env)
     port = str(free_port())
     specs = []
@@ -68,5 +65,5 @@ def run_ranks(
     results = []
     for rank in range(nranks):
         p = tmp_path / f"result-{rank}{result_suffix}"
-        results.append(load(p) if p.exists() else missing)
+        results.append(load(p) if p.exists() else {})
     return outcome, results
