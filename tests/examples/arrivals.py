@@ -58,6 +58,19 @@ def _phase(url: str, model: str, events: list[tuple[float, int]], timeout_s: flo
     return results
 
 
+def wait_healthy(url: str, timeout_s: float) -> None:
+    """Wait until the server answers /health (raises TimeoutError)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not healthy after {timeout_s} s") from None
+            time.sleep(1)
+
+
 def run(url: str, timeout_s: float = 120.0) -> dict[str, list]:
     """Run the three phases; {"busy_and_idle": [...], "wake_and_burst": [...]}
     with each request's completion token count (or its error)."""

@@ -5,30 +5,45 @@ client_check.py with concurrent requests against the offline DP=1 reference.
 The same server then takes requests arriving while a rank idles
 (arrivals.py: the coordinator path of docs/idle_ranks.md) with the collective
 ledger on: every member of every group must have posted the same collectives
-once the engines are quiet."""
+once the engines are quiet. The opt-in experiment shows that this check
+catches drift online: the upstream idle-join proposal makes it fail."""
 
+from __future__ import annotations
+
+import contextlib
 import subprocess
 import sys
+from pathlib import Path
 
 import arrivals
 import pytest
 from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, free_port, verdict
 
+from tests.runner.variants import NAIVE_IDLE_JOIN, env_with, overlay_with_edit
 from vllm_epdp import ledger, procs
+
+
+@contextlib.contextmanager
+def serving(env: dict, model: Path, tmp_path: Path):
+    """`vllm serve` DP=2+EP with the ledger on, in its own session under a
+    hard deadline; yields (url, group, server log, ledger dir). Checks on
+    the way out that no process outlived the server."""
+    port = free_port()
+    ledger_dir = tmp_path / "ledger"
+    env = dict(env, DP="2", PORT=str(port), VLLM_EPDP_LEDGER=str(ledger_dir))
+    server_log = tmp_path / "serve.log"
+    spec = procs.ProcSpec("serve", ["bash", str(SERVE_CPU), str(model), "--dtype", "float32"],
+                          env, server_log)
+    with procs.ProcGroup("vllm serve dp=2 ep", [spec], timeout_s=RUN_TIMEOUT_S) as group:
+        yield f"http://127.0.0.1:{port}", group, server_log, ledger_dir
+    assert not group.members(), "processes left behind after the server was stopped"
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    ledger_dir = tmp_path / "ledger"
-    env = dict(example_env, DP="2", PORT=str(port), VLLM_EPDP_LEDGER=str(ledger_dir))
-    server_log = tmp_path / "serve.log"
-    spec = procs.ProcSpec("serve", ["bash", str(SERVE_CPU), str(tiny_moe), "--dtype", "float32"],
-                          env, server_log)
     client_log = tmp_path / "client.log"
-    with procs.ProcGroup("vllm serve dp=2 ep", [spec], timeout_s=RUN_TIMEOUT_S) as group:
+    with serving(example_env, tiny_moe, tmp_path) as (url, group, server_log, ledger_dir):
         try:
             with open(client_log, "w") as log:
                 res = subprocess.run(
@@ -46,7 +61,6 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
             pytest.fail(f"arrivals: {served}; server stacks:\n" + group.dump_stacks()
                         + "\n" + procs.log_tail(server_log, 40))
         alive = group.exited()["serve"] is None
-    assert not group.members(), "processes left behind after the server was stopped"
     text = client_log.read_text(errors="replace")
     assert alive, "server exited early:\n" + procs.log_tail(server_log, 60)
     assert res.returncode == 0, text[-3000:] + "\n--- server:\n" + procs.log_tail(server_log, 40)
@@ -57,3 +71,20 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
     assert mismatches == [], "\n".join(mismatches + ledger.summary(ledger_dir))
     # Both DP engines (one process each) recorded collectives.
     assert len(list(ledger_dir.glob("*.jsonl"))) >= 2
+
+
+@pytest.mark.e2e
+@pytest.mark.experiment
+@pytest.mark.timeout(900)
+def test_serve_upstream_idle_join_proposal_drifts(example_env, tiny_moe, tmp_path):
+    """The offline experiment of test_idle_ranks_e2e, through `vllm serve`:
+    with the runner joining on every zero-token step, the arrivals make a
+    rank post one DP collective more than its peer, and the server hangs."""
+    overlay = overlay_with_edit("naive-idle-join", *NAIVE_IDLE_JOIN)
+    env = env_with(overlay, base=example_env)
+    with serving(env, tiny_moe, tmp_path) as (url, group, server_log, ledger_dir):
+        arrivals.wait_healthy(url, timeout_s=240)
+        served = arrivals.run(url, timeout_s=30)
+        arrivals.wait_quiet(ledger_dir, limit_s=30)
+    assert served != arrivals.expected(), "expected requests that never finish"
+    assert ledger.compare(ledger_dir), "expected the ranks' DP collectives to diverge"

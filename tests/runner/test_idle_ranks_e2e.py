@@ -26,19 +26,10 @@ from pathlib import Path
 import pytest
 
 from tests.runner.dp_runs import run_schedule
-from tests.runner.variants import env_with, overlay_with_edit, overlay_without
+from tests.runner.variants import NAIVE_IDLE_JOIN, env_with, overlay_with_edit, overlay_without
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-NAIVE_GATE = (
-    "vllm/v1/worker/gpu_model_runner.py",
-    '''                if (
-                    self.parallel_config.distributed_executor_backend
-                    == "external_launcher"
-                    and self.parallel_config.data_parallel_size > 1
-                ):''',
-    '''                if self.parallel_config.data_parallel_size > 1:''',
-)
 # rank 0: one wave, requests finishing after 4, 12 and 30 tokens; rank 1: one
 # wave finishing after 3 and 9 tokens, then idle while rank 0 works.
 UNEVEN = [[[4, 12, 30]], [[3, 9]]]
@@ -88,7 +79,7 @@ def test_without_0012_split_batch_hangs(moe_model, tmp_path):
 
 @pytest.mark.experiment
 def test_upstream_idle_join_proposal_double_joins(moe_model, tmp_path):
-    env = env_with(overlay_with_edit("naive-idle-join", *NAIVE_GATE))
+    env = env_with(overlay_with_edit("naive-idle-join", *NAIVE_IDLE_JOIN))
     run = run_schedule(env, moe_model, tmp_path, UNEVEN, timeout_s=240)
     # The known failure of that proposal under DPEngineCoreProc.
     assert run["ledger_mismatches"], "expected the ranks' DP collectives to diverge"

@@ -20,6 +20,20 @@ from vllm_epdp.series import load_series
 from vllm_epdp.target import detect_installed
 
 
+# The upstream proposal for #43547 (#44601, #51984, #53578): the runner joins
+# the DP step on every zero-token step, not only under external_launcher.
+# An edit for overlay_with_edit("naive-idle-join", *NAIVE_IDLE_JOIN).
+NAIVE_IDLE_JOIN = (
+    "vllm/v1/worker/gpu_model_runner.py",
+    """                if (
+                    self.parallel_config.distributed_executor_backend
+                    == "external_launcher"
+                    and self.parallel_config.data_parallel_size > 1
+                ):""",
+    """                if self.parallel_config.data_parallel_size > 1:""",
+)
+
+
 def overlay_without(number: str) -> Path:
     """PYTHONPATH entry for the whole series minus the patch NNNN-*."""
     target = detect_installed()
