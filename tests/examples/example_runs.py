@@ -11,6 +11,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 OFFLINE = EXAMPLES / "offline_inference" / "xpu_arc_b60_dp_ep.py"
 SERVE_CPU = EXAMPLES / "online_serving" / "serve_dp_ep_cpu.sh"
 CLIENT = EXAMPLES / "online_serving" / "client_check.py"
+SOAK = EXAMPLES / "online_serving" / "soak_client.py"
 
 free_port = procs.free_port
 

@@ -1,6 +1,7 @@
 """The examples' checks can fail: client_check.py against a fake OpenAI-style
 server that answers with the symptoms users see (NaN logprobs, runs of token 0,
-a wrong token), and the offline script's comparison rules. No vLLM engine."""
+a wrong token), soak_client.py against one that answers short or never, and
+the offline script's comparison rules. No vLLM engine."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import math
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from example_runs import CLIENT, OFFLINE
+from example_runs import CLIENT, OFFLINE, SOAK
 
 
 def load(path, name):
@@ -35,9 +37,10 @@ def answer(token_ids, logprob=-0.5):
 
 class FakeServer:
     """Serves /health, /v1/models and /v1/completions; `reply(prompt)` gives
-    the token ids and logprob to answer with."""
+    the token ids and logprob to answer with; `usage(request)`, if given, the
+    completion_tokens it reports (else the number of ids)."""
 
-    def __init__(self, reply):
+    def __init__(self, reply, usage=None):
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
@@ -60,7 +63,7 @@ class FakeServer:
                     "tokens": [f"token_id:{t}" for t in ids],
                     "token_logprobs": [lp] * len(ids),
                     "top_logprobs": [{f"token_id:{t}": lp, "token_id:999": -3.0} for t in ids],
-                }}]})
+                }}], "usage": {"completion_tokens": usage(req) if usage else len(ids)}})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -133,6 +136,42 @@ def test_client_against_reference_server():
 def test_client_unreachable_server_is_one_line_error():
     rc, last = run_client("http://127.0.0.1:9", "--timeout", "2")
     assert rc == 2 and "cannot talk to the server" in last
+
+
+def run_soak(url, *args):
+    res = subprocess.run([sys.executable, str(SOAK), "--url", url, "--rate", "20", "--pause-every", "1",
+                          "--pause", "0.3", *args], capture_output=True, text=True, timeout=60)
+    return res.returncode, res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr
+
+
+def slow(seconds):
+    def reply(prompt):
+        time.sleep(seconds)
+        return GOOD[prompt], -0.5
+    return reply
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case, reply, usage, args, expect", [
+    ("all tokens", lambda p: (GOOD[p], -0.5), lambda r: r["max_tokens"], ["--seconds", "2"], "VERDICT: PASS"),
+    ("short answers", lambda p: (GOOD[p], -0.5), lambda r: r["max_tokens"] - 1,
+     ["--seconds", "2", "--lengths", "4"], "VERDICT: FAIL"),
+    ("never answers", slow(30), None, ["--seconds", "1", "--timeout", "2"], "VERDICT: FAIL"),
+])
+def test_soak_verdicts(case, reply, usage, args, expect):
+    server = FakeServer(reply, usage)
+    try:
+        rc, last = run_soak(server.url, *args)
+    finally:
+        server.close()
+    assert last.startswith(expect), (case, last)
+    assert rc == (0 if "PASS" in expect else 1), (case, last)
+
+
+def test_soak_unreachable_server_and_bad_usage():
+    assert run_soak("http://127.0.0.1:9", "--seconds", "1")[0] == 2
+    rc, last = run_soak("http://127.0.0.1:9", "--lengths", "0")
+    assert rc == 2 and "--lengths" in last
 
 
 def test_offline_compare_rules():

@@ -4,8 +4,9 @@ client_check.py with concurrent requests against the offline DP=1 reference.
 
 The same server then takes requests arriving while a rank idles
 (arrivals.py: the coordinator path of docs/idle_ranks.md) with the collective
-ledger on: every member of every group must have posted the same collectives
-once the engines are quiet. The opt-in experiment shows that this check
+ledger on, and a short run of the soak example (soak_client.py): every
+member of every group must have posted the same collectives once the
+engines are quiet. The opt-in experiment shows that this check
 catches drift online: the upstream idle-join proposal makes it fail."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import arrivals
 import pytest
-from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, free_port, verdict
+from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, SOAK, free_port, verdict
 
 from tests.runner.variants import NAIVE_IDLE_JOIN, env_with, overlay_with_edit
 from vllm_epdp import ledger, procs
@@ -56,10 +57,20 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
             pytest.fail("client timed out; server stacks:\n" + group.dump_stacks()
                         + "\n" + procs.log_tail(server_log, 40))
         served = arrivals.run(url, timeout_s=60) if res.returncode == 0 else None
-        quiet = served is not None and arrivals.wait_quiet(ledger_dir)
         if served is not None and served != arrivals.expected():
             pytest.fail(f"arrivals: {served}; server stacks:\n" + group.dump_stacks()
                         + "\n" + procs.log_tail(server_log, 40))
+        if served is not None:
+            # The soak example, briefly: random arrivals and two pauses.
+            soak = subprocess.run(
+                [sys.executable, str(SOAK), "--url", url, "--seconds", "10", "--rate", "3",
+                 "--pause-every", "4", "--pause", "1.5", "--timeout", "60"],
+                capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+            )
+            if soak.returncode != 0:
+                pytest.fail(f"soak: {soak.stdout[-2000:]}{soak.stderr[-2000:]}; server stacks:\n"
+                            + group.dump_stacks() + "\n" + procs.log_tail(server_log, 40))
+        quiet = served is not None and arrivals.wait_quiet(ledger_dir)
         alive = group.exited()["serve"] is None
     text = client_log.read_text(errors="replace")
     assert alive, "server exited early:\n" + procs.log_tail(server_log, 60)
