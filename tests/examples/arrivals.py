@@ -15,10 +15,16 @@ The schedule, in three phases (vLLM's load balancer picks the rank):
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import threading
 import time
-import urllib.request
+
+from example_runs import SOAK
+
+# The soak example's HTTP helpers (a standalone script, loaded by path).
+_spec = importlib.util.spec_from_file_location("soak_client", SOAK)
+soak_client = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(soak_client)
 
 PROMPT = "The quick brown fox jumps over the lazy dog. "
 # (seconds after the phase starts, max_tokens)
@@ -28,13 +34,11 @@ PAUSE_S = 3.0
 
 
 def _complete(url: str, model: str, max_tokens: int, timeout_s: float) -> int:
-    body = json.dumps({
+    out = soak_client.call(url, "/v1/completions", {
         "model": model, "prompt": PROMPT, "max_tokens": max_tokens,
         "temperature": 0.0, "ignore_eos": True,
-    }).encode()
-    req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return json.load(resp)["usage"]["completion_tokens"]
+    }, timeout=timeout_s)
+    return out["usage"]["completion_tokens"]
 
 
 def _phase(url: str, model: str, events: list[tuple[float, int]], timeout_s: float) -> list:
@@ -58,24 +62,10 @@ def _phase(url: str, model: str, events: list[tuple[float, int]], timeout_s: flo
     return results
 
 
-def wait_healthy(url: str, timeout_s: float) -> None:
-    """Wait until the server answers /health (raises TimeoutError)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not healthy after {timeout_s} s") from None
-            time.sleep(1)
-
-
 def run(url: str, timeout_s: float = 120.0) -> dict[str, list]:
     """Run the three phases; {"busy_and_idle": [...], "wake_and_burst": [...]}
     with each request's completion token count (or its error)."""
-    with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
-        model = json.load(resp)["data"][0]["id"]
+    model = soak_client.call(url, "/v1/models")["data"][0]["id"]
     first = _phase(url, model, BUSY_AND_IDLE, timeout_s)
     time.sleep(PAUSE_S)
     second = _phase(url, model, WAKE_AND_BURST, timeout_s)

@@ -94,7 +94,7 @@ def test_serve_upstream_idle_join_proposal_drifts(example_env, tiny_moe, tmp_pat
     overlay = overlay_with_edit("naive-idle-join", *NAIVE_IDLE_JOIN)
     env = env_with(overlay, base=example_env)
     with serving(env, tiny_moe, tmp_path) as (url, group, server_log, ledger_dir):
-        arrivals.wait_healthy(url, timeout_s=240)
+        assert arrivals.soak_client.wait_healthy(url, 240), "server not healthy after 240 s"
         served = arrivals.run(url, timeout_s=30)
         arrivals.wait_quiet(ledger_dir, limit_s=30)
     assert served != arrivals.expected(), "expected requests that never finish"
