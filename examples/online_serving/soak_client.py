@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--lengths", default="1,1,2,4,8,16,32,64",
                    help="max_tokens to pick from at random (repeat a value to weight it)")
     p.add_argument("--max-in-flight", type=int, default=16,
-                   help="arrivals wait while this many requests are out")
+                   help="an arrival is skipped while this many requests are out")
     p.add_argument("--pause-every", type=float, default=30.0,
                    help="seconds of traffic between pauses (0: never pause)")
     p.add_argument("--pause", type=float, default=3.0, help="seconds of silence per pause")
@@ -135,7 +135,7 @@ def soak(args, model):
                   f"{len(tally.failures)} failed, {tally.in_flight} in flight", file=sys.stderr, flush=True)
             next_report += 10.0
         if now >= next_pause:
-            time.sleep(args.pause)
+            time.sleep(min(args.pause, args.seconds - now))
             next_pause = time.monotonic() - t0 + args.pause_every
             continue
         time.sleep(min(rng.expovariate(args.rate), args.seconds - now))
