@@ -4,8 +4,16 @@ vLLM's real FusedMoE layer (FusedMoEFactory, as Qwen3-MoE builds it) with
 TP = WORLD_SIZE and expert parallelism over all ranks, so each rank holds
 NUM_EXPERTS / WORLD_SIZE experts: the TP=2+EP case, on CPU, over gloo. The
 layer all-reduces its output itself, so every rank's output must equal the
-full-expert result. Writes, per dtype and scenario, the layer output and a
-dense float64 torch reference to EPDP_RESULT (torch.save).
+full-expert result. Writes, per case (dtype, experts class, scenario), the
+layer output and a dense float64 torch reference to EPDP_RESULT (torch.save).
+
+Which kernels run is chosen, not left to the machine:
+  EPDP_CPU_LEVEL  x86 level to run at (vllm_epdp.cpu_isa.emulate; default the
+                  CPU's own): decides the kernel build vLLM loads
+  EPDP_EXPERTS    "all" (default): each unquantized CPU experts class this
+                  level can run, in turn; or one class name
+  EPDP_DTYPES     comma-separated dtypes (default float32,bfloat16)
+Each result says which build was mapped into the process and which class ran.
 
 Started by tests/moe/test_cpu_moe_expert_map.py (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT, EPDP_RESULT set); PYTHONPATH selects pristine or
@@ -13,6 +21,7 @@ patched vLLM. A segfault in the CPU MoE kernel kills this process
 (PYTHONFAULTHANDLER=1 prints the Python stack first).
 """
 
+import contextlib
 import os
 import sys
 
@@ -21,7 +30,6 @@ import torch
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
 NUM_EXPERTS, TOP_K, HIDDEN, INTER = 8, 2, 128, 64
-DTYPES = (torch.float32, torch.bfloat16)
 
 
 def full_weights(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +74,7 @@ def dense_reference(w13, w2, x, logits) -> torch.Tensor:
     return out
 
 
-def build_layer(dtype: torch.dtype, w13: torch.Tensor, w2: torch.Tensor):
+def build_layer(dtype: torch.dtype, w13: torch.Tensor, w2: torch.Tensor, index: int):
     from vllm.model_executor.layers.fused_moe import FusedMoEFactory
     from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
 
@@ -77,7 +85,7 @@ def build_layer(dtype: torch.dtype, w13: torch.Tensor, w2: torch.Tensor):
         intermediate_size=INTER,
         params_dtype=dtype,
         renormalize=True,
-        prefix=f"model.layers.{DTYPES.index(dtype)}.mlp.experts",
+        prefix=f"model.layers.{index}.mlp.experts",  # unique per layer built
     )
     # Checkpoint names relative to the layer; each rank keeps its own experts.
     named = []
@@ -97,7 +105,44 @@ def build_layer(dtype: torch.dtype, w13: torch.Tensor, w2: torch.Tensor):
     return moe
 
 
+def experts_classes() -> list[type]:
+    """vLLM's unquantized CPU experts classes, in its own order of preference."""
+    from vllm.model_executor.layers.fused_moe.oracle.unquantized import (
+        UnquantizedMoeBackend,
+        backend_to_kernel_cls,
+    )
+
+    return backend_to_kernel_cls(UnquantizedMoeBackend.CPU)
+
+
+@contextlib.contextmanager
+def preferring(chosen: type):
+    """vLLM picks the first class that supports the device and the layer:
+    the classes it prefers to ``chosen`` say they do not support this device
+    while the layer is built (vLLM has no switch for the experts class)."""
+    ahead = experts_classes()[: experts_classes().index(chosen)]
+    saved = {c: c.__dict__.get("_supports_current_device") for c in ahead}
+    for c in ahead:
+        c._supports_current_device = staticmethod(lambda: False)
+    try:
+        yield
+    finally:
+        for c, original in saved.items():
+            if original is None:
+                del c._supports_current_device
+            else:
+                c._supports_current_device = original
+
+
 def main() -> None:
+    from vllm_epdp import cpu_isa
+
+    level = os.environ.get("EPDP_CPU_LEVEL") or cpu_isa.native_level()
+    cpu_isa.emulate(level)  # before vLLM loads its kernels
+    # What vLLM's CPU worker sets: the TP all-reduce then takes the shared-
+    # memory path on the builds that have it (_C, _C_AVX512), as in an engine.
+    os.environ.setdefault("VLLM_DIST_IDENT", f"epdp-ep-layer-{os.environ['MASTER_PORT']}")
+
     from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
     from vllm.distributed.parallel_state import (
         init_distributed_environment,
@@ -112,6 +157,12 @@ def main() -> None:
             distributed_executor_backend="external_launcher",
         )
     )
+    wanted = os.environ.get("EPDP_EXPERTS", "all")
+    classes = [c for c in experts_classes() if c._supports_current_device()]
+    runnable = [c.__name__ for c in classes]
+    if wanted != "all":
+        classes = [c for c in experts_classes() if c.__name__ == wanted]
+    dtypes = [getattr(torch, d) for d in os.environ.get("EPDP_DTYPES", "float32,bfloat16").split(",")]
     results = {}
     with set_current_vllm_config(config):
         init_distributed_environment(
@@ -126,25 +177,42 @@ def main() -> None:
         initialize_model_parallel(tensor_model_parallel_size=WORLD)
 
         w13, w2 = full_weights()
-        for dtype in DTYPES:
-            moe = build_layer(dtype, w13, w2)
-            routed = moe.routed_experts
-            emap = routed.expert_map
-            info = {
-                "local_experts": routed.local_num_experts,
-                "expert_map": None if emap is None else emap.tolist(),
-                "experts_class": type(routed.quant_method.moe_kernel.fused_experts).__name__,
-            }
-            print(f"rank {RANK} {dtype}: {info}", file=sys.stderr, flush=True)
-            for name, (x, logits) in scenarios().items():
-                with set_forward_context(None, config, num_tokens=x.size(0)):
-                    out = moe(x.to(dtype), logits.to(dtype))
-                results[f"{str(dtype).removeprefix('torch.')}/{name}"] = {
-                    "out": out.float(),
-                    "ref": dense_reference(w13, w2, x, logits).float(),
-                    **info,
+        built = 0
+        for dtype in dtypes:
+            for chosen in classes:
+                with preferring(chosen):
+                    moe = build_layer(dtype, w13, w2, built)
+                built += 1
+                routed = moe.routed_experts
+                ran = type(routed.quant_method.moe_kernel.fused_experts)
+                if ran is not chosen:
+                    # The layer is not one this class takes (the arch-specific
+                    # kernels need bf16): vLLM fell back, already covered.
+                    print(f"rank {RANK} {dtype}: {chosen.__name__} does not take it, "
+                          f"vLLM chose {ran.__name__}", file=sys.stderr, flush=True)
+                    continue
+                emap = routed.expert_map
+                info = {
+                    "level": level,
+                    "runnable_classes": runnable,
+                    "local_experts": routed.local_num_experts,
+                    "expert_map": None if emap is None else emap.tolist(),
+                    "experts_class": ran.__name__,
+                    "isa": ran.isa,
                 }
-                print(f"rank {RANK} {dtype}: {name} done", file=sys.stderr, flush=True)
+                print(f"rank {RANK} {dtype}: {info}", file=sys.stderr, flush=True)
+                for name, (x, logits) in scenarios().items():
+                    with set_forward_context(None, config, num_tokens=x.size(0)):
+                        out = moe(x.to(dtype), logits.to(dtype))
+                    dname = str(dtype).removeprefix("torch.")
+                    results[f"{dname}/{ran.__name__}/{name}"] = {
+                        "out": out.float(),
+                        "ref": dense_reference(w13, w2, x, logits).float(),
+                        # What the kernels really were: read after they ran.
+                        "kernel_builds": cpu_isa.loaded_kernel_builds(),
+                        **info,
+                    }
+                    print(f"rank {RANK} {dtype}: {name} done", file=sys.stderr, flush=True)
     torch.save(results, os.environ["EPDP_RESULT"])
 
 

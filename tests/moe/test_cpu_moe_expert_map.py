@@ -5,6 +5,13 @@ parallelism (4 of 8 experts per rank, see ep_layer_worker.py); the layer's
 all-reduced output must equal a dense float64 reference on both ranks.
 Pristine vLLM hands global expert ids to a kernel holding local experts: the
 ranks crash (SIGSEGV) or return wrong numbers.
+
+The patch covers every unquantized CPU experts class, and vLLM picks the class
+and the kernel build from the CPU: on an AMX machine bf16 runs the AMX class
+X86CPUUnquantizedExperts from the ``_C`` build, on an AVX2-only machine the
+portable CPUUnquantizedExperts from ``_C_AVX2``. So the test runs every x86
+level this machine can run (vllm_epdp.cpu_isa) and, at each, every class that
+level can run, and checks which build and class really ran.
 """
 
 from __future__ import annotations
@@ -19,22 +26,38 @@ import pytest
 import torch
 
 from tests.runner.ranks import run_ranks
+from vllm_epdp import cpu_isa
 
 HERE = Path(__file__).resolve().parent
 WORLD = 2
 # Max |out - float64 reference| allowed. fp32 EP output is bit-identical to
 # the single-rank kernel (measured error 1.3e-6); bf16 is ~1-2 bf16 ulps of
-# outputs of magnitude <= 3 (measured 0.022, single rank 0.021). Pristine
-# errors are >= 2.
+# outputs of magnitude <= 3 (measured 0.022 portable, 0.019 AMX; single rank
+# 0.021). Pristine errors are >= 2.
 TOLERANCE = {"float32": 1e-5, "bfloat16": 0.06}
+PORTABLE, AMX = "CPUUnquantizedExperts", "X86CPUUnquantizedExperts"
+# vLLM 0.32.0's rule (CpuPlatform.import_kernels): which build each level loads.
+BUILD = {"amx": "_C", "avx512_bf16": "_C", "avx512": "_C_AVX512", "avx2": "_C_AVX2"}
+# avx512_bf16 loads the same build as amx, and the amx run already runs the
+# portable class on it: one run per build is enough.
+LEVELS = [lv for lv in cpu_isa.runnable_levels()
+          if not (lv == "avx512_bf16" and cpu_isa.native_level() == "amx")]
+
+
+def classes_at(level: str) -> set[str]:
+    """The experts classes vLLM can run at ``level`` (X86CPUUnquantizedExperts
+    needs AMX tiles)."""
+    return {PORTABLE, AMX} if level == "amx" else {PORTABLE}
+
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def run_ep_layer(env: dict, tmp_path: Path):
+def run_ep_layer(env: dict, tmp_path: Path, **choice: str):
     """Start the ranks (own sessions, hard deadline, stacks on hang, group
     killed at the end); return the outcome and each rank's results ({} if
-    it wrote none)."""
+    it wrote none). choice: EPDP_* settings of ep_layer_worker.py."""
+    env = {**env, **{f"EPDP_{k.upper()}": v for k, v in choice.items()}}
     return run_ranks(HERE / "ep_layer_worker.py", WORLD, tmp_path, env=env, timeout_s=240,
                      result_suffix=".pt", load=torch.load)
 
@@ -49,18 +72,22 @@ def errors(results) -> dict[str, float]:
     return worst
 
 
-def test_ep_layer_patched_matches_dense_reference(vllm_patched, tmp_path):
-    outcome, results = run_ep_layer(vllm_patched, tmp_path)
+@pytest.mark.parametrize("level", LEVELS)
+def test_ep_layer_patched_matches_dense_reference(vllm_patched, tmp_path, level):
+    outcome, results = run_ep_layer(vllm_patched, tmp_path, cpu_level=level)
     assert outcome.ok, outcome.describe(log_lines=60)
+    cases = [r for res in results for r in res.values()]
     # The setup is what we think it is: real EP, half the experts per rank,
-    # the CPU unquantized experts.
-    maps = [results[r]["float32/mixed"]["expert_map"] for r in range(WORLD)]
+    # the kernel build of this level, every class the level can run.
+    maps = [results[r][f"float32/{PORTABLE}/mixed"]["expert_map"] for r in range(WORLD)]
     assert maps == [[0, 1, 2, 3, -1, -1, -1, -1], [-1, -1, -1, -1, 0, 1, 2, 3]]
-    assert {r["experts_class"] for res in results for r in res.values()} == {
-        "CPUUnquantizedExperts"
-    }
+    assert {tuple(r["kernel_builds"]) for r in cases} == {(BUILD[level],)}
+    assert {c for r in cases for c in r["runnable_classes"]} == classes_at(level)
+    ran = {tuple(case.split("/")[:2]) for case in results[0]}
+    # The arch-specific kernels take bf16 only; fp32 always runs the portable one.
+    assert ran == {("float32", PORTABLE)} | {("bfloat16", c) for c in classes_at(level)}
     worst = errors(results)
-    assert len(worst) == 6, worst  # 2 dtypes x 3 scenarios
+    assert len(worst) == 3 * len(ran), worst  # 3 scenarios per (dtype, class)
     for case, err in worst.items():
         assert err <= TOLERANCE[case.split("/")[0]], (case, err)
     # Both ranks hold the same all-reduced result.
@@ -68,18 +95,24 @@ def test_ep_layer_patched_matches_dense_reference(vllm_patched, tmp_path):
         assert torch.equal(results[0][case]["out"], results[1][case]["out"]), case
 
 
-def test_ep_layer_pristine_crashes_or_mismatches(vllm_pristine, tmp_path):
-    outcome, results = run_ep_layer(vllm_pristine, tmp_path)
+@pytest.mark.parametrize("experts", sorted(classes_at(cpu_isa.native_level())))
+def test_ep_layer_pristine_crashes_or_mismatches(vllm_pristine, tmp_path, experts):
+    dtype = "float32" if experts == PORTABLE else "bfloat16"
+    outcome, results = run_ep_layer(vllm_pristine, tmp_path, experts=experts, dtypes=dtype)
     assert not outcome.timed_out, outcome.describe()
     crashed = [n for n, rc in outcome.returncodes.items() if rc is not None and rc < 0]
     if crashed:
         # The kernel's out-of-bounds access: killed by a signal (SIGSEGV or,
-        # after heap corruption, SIGABRT), with the Python stack in the log.
+        # after heap corruption, SIGABRT; the AMX kernel dies of SIGILL on an
+        # AMX machine), with the Python stack in the log.
         sigs = {-outcome.returncodes[n] for n in crashed}
-        assert sigs <= {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS}, outcome.describe()
+        assert sigs <= {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL}, outcome.describe()
+        log = "".join((tmp_path / f"rank{r}.log").read_text() for r in range(WORLD))
+        assert f"'experts_class': '{experts}'" in log, log[-3000:]  # the class we meant
         return
     # No crash this time: then the numbers are wrong, far beyond tolerance.
     assert outcome.ok, outcome.describe(log_lines=60)
+    assert {r["experts_class"] for res in results for r in res.values()} == {experts}
     worst = errors(results)
     assert max(worst.values()) > 1.0, worst
 
