@@ -132,8 +132,21 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         while group.members() and time.monotonic() < deadline:
             time.sleep(0.5)
-    outcome = procs.Outcome(config.name, {"server": 0}, False, time.monotonic() - started, logs={"server": log})
-    return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir)
+        # The server's own exit code; a process still alive now (the server or
+        # one it started) did not stop on Ctrl-C: a failure, with its stack.
+        codes = group.exited()
+        left = group.members()
+        stacks = group.dump_stacks() if left else ""
+    outcome = procs.Outcome(config.name, codes, bool(left), time.monotonic() - started, stacks,
+                            logs={"server": log})
+    error = ""
+    if left:
+        error = (f"{config.name}: {len(left)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
+                 f"SIGINT (killed)\n" + outcome.describe(log_lines=0))
+    elif codes["server"] != 0:
+        error = f"{config.name}: the server, stopped with SIGINT, ended with {procs.describe_returncode(codes['server'])}\n" \
+            + outcome.describe(log_lines=0)
+    return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir, error)
 
 
 def _hung(group, config, scenarios, outputs, started, workdir, why) -> RunResult:
