@@ -122,23 +122,80 @@ def test_nan_in_a_real_row_is_a_real_row(fresh):
     assert total["real_nonfinite_rows"] == 6 * 2 and total["pad_nonfinite_rows"] == 0
 
 
-def test_patch_applies_when_the_worker_module_is_imported_later(monkeypatch, tmp_path):
-    monkeypatch.setattr(nan_watch, "_state", None)
-    monkeypatch.delitem(sys.modules, nan_watch._WORKER_MODULE, raising=False)
-    before = list(sys.meta_path)
-    nan_watch.install(tmp_path)
-    try:
-        finder = sys.meta_path[0]
-        assert isinstance(finder, nan_watch._PatchOnImport)
-        patched = []
-        finder.patch = lambda m: patched.append(m)
-        # Simulate the import system asking for the module: the finder steps
-        # aside and wraps the real loader (spec None here: no such file).
-        assert finder.find_spec("some.other.module", None) is None
-        finder.find_spec(nan_watch._WORKER_MODULE, None)
-        assert finder not in sys.meta_path
-    finally:
-        sys.meta_path[:] = before
+# A vLLM worker module as nan_watch finds it, for a process where the plugin
+# runs before vLLM's worker code is imported (the engine's worker processes).
+LATE_WORKER = """
+import torch
+
+class Layer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = torch.nn.Linear(4, 4)
+
+    def forward(self, hidden):
+        return self.mlp(hidden)
+
+Layer.__name__ = "FakeDecoderLayer"
+
+class Runner:
+    def __init__(self):
+        self.model = torch.nn.Sequential(Layer())
+
+    def get_model(self):
+        return self.model
+
+    def execute_model(self, scheduler_output):
+        x = torch.ones(scheduler_output.total_num_scheduled_tokens, 4)
+        x[-1] = float("nan")
+        return self.model(x)
+
+    def _dummy_run(self, rows):
+        return self.model(torch.zeros(rows, 4))
+
+class Worker:
+    def load_model(self):
+        self.model_runner = Runner()
+
+    def execute_dummy_batch(self):
+        self.model_runner._dummy_run(1)
+"""
+
+LATE_IMPORT = """
+import json, sys
+from types import SimpleNamespace
+from vllm_epdp import nan_watch
+out = sys.argv[1]
+nan_watch.install(out)
+assert "vllm.v1.worker.gpu_worker" not in sys.modules
+from vllm.v1.worker.gpu_worker import Worker  # imported after install()
+worker = Worker()
+worker.load_model()
+worker.model_runner.execute_model(SimpleNamespace(total_num_scheduled_tokens=3))
+print(json.dumps(nan_watch.summarize(out)))
+"""
+
+
+def test_patch_applies_when_the_worker_module_is_imported_later(tmp_path):
+    """install() before vLLM's worker module exists in the process: the
+    module, once imported, gets its hooks (a fresh interpreter, with a stand-in
+    vllm package first on its path)."""
+    import os
+    import subprocess
+
+    worker_dir = tmp_path / "fake" / "vllm" / "v1" / "worker"
+    worker_dir.mkdir(parents=True)
+    for pkg in (worker_dir, worker_dir.parent, worker_dir.parent.parent):
+        (pkg / "__init__.py").write_text("")
+    (worker_dir / "gpu_worker.py").write_text(LATE_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), os.getcwd()])}
+    res = subprocess.run([sys.executable, "-c", LATE_IMPORT, str(tmp_path / "watch")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    total = json.loads(res.stdout.strip().splitlines()[-1])
+    # The hooks ran: one step of 3 real rows, the last one NaN in the layer
+    # and its mlp child.
+    assert total["processes"] == 1 and total["steps"] == 1
+    assert total["real_nonfinite_rows"] == 2 and total["pad_nonfinite_rows"] == 0
 
 
 def test_nonfinite_rows_ignores_non_float_and_empty():
