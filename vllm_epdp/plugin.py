@@ -9,12 +9,19 @@ Switches (environment variables, read once per process):
                            and process group into DIR (see vllm_epdp/ledger.py)
   VLLM_EPDP_NAN_WATCH=DIR  forward hooks that count non-finite rows per decoder
                            layer, real vs padding rows (vllm_epdp/nan_watch.py)
+  VLLM_EPDP_NAN_FILL=1     fill every new torch.empty buffer with NaN (integers
+                           with their maximum): whatever reads memory nobody
+                           wrote shows up as NaN instead of depending on what
+                           the allocator hands out. Uses torch's deterministic
+                           mode (warn_only: no op is refused), so it is slower.
 """
 
 import os
 
 
 def register() -> None:
+    if os.environ.get("VLLM_EPDP_NAN_FILL") == "1":
+        fill_uninitialized_with_nan()
     if os.environ.get("VLLM_EPDP_LEDGER"):
         from vllm_epdp import ledger
 
@@ -23,3 +30,13 @@ def register() -> None:
         from vllm_epdp import nan_watch
 
         nan_watch.install(os.environ["VLLM_EPDP_NAN_WATCH"])
+
+
+def fill_uninitialized_with_nan() -> None:
+    """torch fills uninitialized memory (torch.empty and friends) with NaN, or
+    an integer dtype's maximum, while deterministic algorithms are on."""
+    import torch
+    import torch.utils.deterministic
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True

@@ -27,9 +27,11 @@ def run_schedule(
     logprobs: int = 0,
     stall_s: float | None = None,
     frontend_gap_s: float | None = None,
+    nan_fill: bool = False,
 ) -> dict:
     """waves[rank] = list of waves, each a list of max_tokens (one request
-    each). Returns {"outcome", "results", "ledger_mismatches", "dp_counts"}.
+    each). Returns {"outcome", "results", "ledger_mismatches", "counts",
+    "nan_watch"}.
 
     stall_s: once one rank has finished its whole schedule, the others get
     this long to finish too before the run counts as hung (an expected hang
@@ -37,7 +39,11 @@ def run_schedule(
 
     frontend_gap_s: each rank's front-end waits this long after sending each
     request (workers/slow_frontend.py), so that a batch reaches the engine
-    spread over several steps."""
+    spread over several steps.
+
+    nan_fill: every torch.empty buffer of the vLLM processes starts as NaN
+    (VLLM_EPDP_NAN_FILL, vllm_epdp/plugin.py), so rows nobody wrote are
+    non-finite for certain, whatever the allocator hands out."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = dict(env)
@@ -48,6 +54,8 @@ def run_schedule(
     )
     if nan_watch:
         base["VLLM_EPDP_NAN_WATCH"] = str(workdir / "nan_watch")
+    if nan_fill:
+        base["VLLM_EPDP_NAN_FILL"] = "1"
     scenario = {
         "name": "schedule",
         "waves": [
