@@ -36,6 +36,15 @@ HANGING_RANK = textwrap.dedent(
 )
 
 
+def wait_until(condition, what: str, limit_s: float = 60.0):
+    """Poll ``condition`` until it holds; fail after ``limit_s`` (a bound for a
+    broken run, not a speed requirement)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {limit_s:.0f} s"
+        time.sleep(0.1)
+
+
 def _spec(tmp_path, name, code, env=None):
     return procs.ProcSpec(
         name=name,
@@ -53,9 +62,9 @@ def test_hanging_rank_is_reported_with_stack_and_leaves_no_process(tmp_path):
         timeout_s=6,
     )
     group.start()
-    time.sleep(3)  # let the grandchildren start
+    # rank0, its child, the setsid grandchild; rank1 may have exited already.
+    wait_until(lambda: len(group.members()) >= 3, "rank0's child and grandchild started")
     tree = group.members()
-    assert len(tree) >= 3, tree  # rank0, its child, the setsid grandchild
     outcome = group.wait()
     assert outcome.timed_out and not outcome.ok
     assert outcome.returncodes["rank1"] == 0
@@ -80,9 +89,11 @@ def test_failed_rank_stops_waiting_peer_after_grace(tmp_path):
         timeout_s=60,
         grace_s=2,
     )
+    # Not a timeout: the waiting peer was stopped grace_s after rank0 died,
+    # long before the 60 s deadline (which would have set timed_out).
     assert not outcome.ok and not outcome.timed_out
     assert outcome.returncodes["rank0"] == -signal.SIGSEGV
-    assert outcome.wall_s < 30
+    assert outcome.returncodes["rank1"] is None
     text = outcome.describe()
     assert "died of signal SIGSEGV" in text
     assert "gloo_wait_for_dead_peer" in text
@@ -115,8 +126,10 @@ def test_ctrl_c_of_the_parent_kills_its_groups(tmp_path):
         g = procs.ProcGroup("x", [procs.ProcSpec("r0", [sys.executable, "-c", {HANGING_RANK!r}],
                                   dict(os.environ), Path({str(tmp_path)!r}) / "r0.log")], 600)
         g.start()
-        time.sleep(3)
-        Path({str(tmp_path)!r}, "pids").write_text(" ".join(map(str, g.members())))
+        while len(g.members()) < 3:  # the rank, its child, the grandchild
+            time.sleep(0.1)
+        Path({str(tmp_path)!r}, "pids.tmp").write_text(" ".join(map(str, g.members())))
+        os.rename(Path({str(tmp_path)!r}, "pids.tmp"), Path({str(tmp_path)!r}, "pids"))
         g.wait()
         """
     )
@@ -124,10 +137,7 @@ def test_ctrl_c_of_the_parent_kills_its_groups(tmp_path):
 
     p = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
     pids_file = tmp_path / "pids"
-    deadline = time.time() + 30
-    while not pids_file.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.3)
+    wait_until(pids_file.exists, "the parent started its group")
     pids = [int(x) for x in pids_file.read_text().split()]
     assert len(pids) >= 3
     p.send_signal(signal.SIGINT)

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
+
+import pytest
 
 from gloo_ranks import describe, run_ranks
 
 CHECKS = str(Path(__file__).parent / "rank_launcher_checks.py")
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
+@pytest.mark.timeout(120)  # a launcher that ignored its deadline fails here
 def test_hang_dumps_stacks_and_kills():
-    t0 = time.monotonic()
     results = run_ranks(f"{CHECKS}:rank1_skips_collective", 2, timeout_s=20)
-    elapsed = time.monotonic() - t0
-    assert elapsed < 30, elapsed
     assert not any(r.ok for r in results), describe(results)
     # Both ranks' Python stacks are in the report: the waiting collective and
     # the sleeping peer.
@@ -32,8 +22,10 @@ def test_hang_dumps_stacks_and_kills():
 
 
 def test_dead_peer_fails_fast():
-    t0 = time.monotonic()
     results = run_ranks(f"{CHECKS}:rank1_raises", 2, timeout_s=120)
-    assert time.monotonic() - t0 < 60
     assert "rank 1 failed on purpose" in results[1].stderr
-    assert not results[0].ok
+    # Rank 0 ended because its peer died (gloo saw the connection close, or
+    # the launcher killed it after its stack dump), not at its own hang timer
+    # (faulthandler's "Timeout (...)!") nor at the deadline (returncode None).
+    assert results[0].returncode not in (0, None), describe(results)
+    assert "Timeout (" not in results[0].stderr, describe(results)

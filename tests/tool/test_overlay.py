@@ -68,10 +68,8 @@ def test_cached_and_keyed_by_series(site, fake_patches, tmp_path, patches_env):
     first = build(site, fake_patches, dest, "patched")
     marker = os.path.join(first, ".vllm-epdp-overlay.json")
     ino = os.stat(marker).st_ino
-    t = time.monotonic()
     again = build(site, fake_patches, dest, "patched")
-    assert again == first and os.stat(marker).st_ino == ino
-    assert time.monotonic() - t < 10
+    assert again == first and os.stat(marker).st_ino == ino  # found, not rebuilt
     # another series content -> another overlay
     other = tmp_path / "other-patches"
     import shutil
