@@ -56,8 +56,7 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [1, 8, 64, 512, 4096]
 HIDDEN = 4096
-METHODS = ["list", "list_alloc", "packed", "single", "barrier", "packed+barrier",
-           "rs_native", "rs_allreduce"]
+METHODS = ["list", "list_alloc", "packed", "single", "barrier", "packed+barrier", "rs_native", "rs_allreduce"]
 
 
 def _load_core(path: str):
@@ -113,16 +112,21 @@ def _ops(core, tensors, group, rank, world_size, device, backend):
     combine_in = tensors[0].repeat(world_size, 1)
 
     def rs(native):
-        return lambda: core.reduce_scatterv_single(combine_in, None, group, rank,
-                                                   world_size, native)
+        return lambda: core.reduce_scatterv_single(combine_in, None, group, rank, world_size, native)
 
-    return {"list": list_path, "list_alloc": list_alloc, "packed": packed, "single": single,
-            "barrier": barrier, "packed+barrier": packed_barrier,
-            "rs_native": rs(True), "rs_allreduce": rs(False)}
+    return {
+        "list": list_path,
+        "list_alloc": list_alloc,
+        "packed": packed,
+        "single": single,
+        "barrier": barrier,
+        "packed+barrier": packed_barrier,
+        "rs_native": rs(True),
+        "rs_allreduce": rs(False),
+    }
 
 
-def _time(ops: dict, sync, align, iters: int, warmup: int,
-          inner: int = 1) -> dict[str, list[float]]:
+def _time(ops: dict, sync, align, iters: int, warmup: int, inner: int = 1) -> dict[str, list[float]]:
     """Per-call microseconds of every method: `inner` back-to-back calls
     between device synchronisations, divided by `inner` (1: one call's full
     latency; more: the pipelined cost, host work overlapping device work).
@@ -157,8 +161,7 @@ def pin_cpu(rank: int) -> None:
         os.sched_setaffinity(0, {cpus[2 + 2 * rank]})
 
 
-def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden,
-          iters, inference_mode=True):
+def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden, iters, inference_mode=True):
     if backend == "nccl":
         pin_cpu(rank)
     if inference_mode:
@@ -169,8 +172,9 @@ def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden,
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
-    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=600), **kwargs)
+    dist.init_process_group(
+        backend, init_method=init, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=600), **kwargs
+    )
     group = dist.group.WORLD
     align = dist.new_group(backend="gloo")
     sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
@@ -182,19 +186,26 @@ def _rank(rank, world_size, backend, core_path, init, result_path, rows, hidden,
         n = iters if t_rows < 512 or backend == "nccl" else max(iters // 4, 10)
         for mode, inner in (("latency", 1), ("pipelined", 10)):
             reps = n if inner == 1 else max(n // 2, 5)
-            timed = _time({name: ops[name] for name in METHODS}, sync, align, reps,
-                          warmup=max(n // 10, 3), inner=inner)
+            timed = _time({name: ops[name] for name in METHODS}, sync, align, reps, warmup=max(n // 10, 3), inner=inner)
             for name, samples in timed.items():
-                results.append({
-                    "world_size": world_size, "rows": t_rows, "method": name,
-                    "mode": mode, "median_us": statistics.median(samples),
-                    "p10_us": sorted(samples)[len(samples) // 10],
-                    "p90_us": sorted(samples)[(len(samples) * 9) // 10],
-                    "iters": reps, "calls_per_sample": inner,
-                })
+                results.append(
+                    {
+                        "world_size": world_size,
+                        "rows": t_rows,
+                        "method": name,
+                        "mode": mode,
+                        "median_us": statistics.median(samples),
+                        "p10_us": sorted(samples)[len(samples) // 10],
+                        "p90_us": sorted(samples)[(len(samples) * 9) // 10],
+                        "iters": reps,
+                        "calls_per_sample": inner,
+                    }
+                )
                 if rank == 0:
-                    print(f"  x{world_size} T={t_rows:5d} {mode:9s} {name:15s} "
-                          f"{results[-1]['median_us']:10.1f} us", flush=True)
+                    print(
+                        f"  x{world_size} T={t_rows:5d} {mode:9s} {name:15s} {results[-1]['median_us']:10.1f} us",
+                        flush=True,
+                    )
     if rank == 0:
         Path(result_path).write_text(json.dumps(results))
     dist.barrier(group=align)
@@ -205,7 +216,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n\n".join(
         _markdown(meta, [r for r in rows if r.get("mode", "latency") == mode], mode)
         for mode in ("latency", "pipelined")
-        if any(r.get("mode", "latency") == mode for r in rows))
+        if any(r.get("mode", "latency") == mode for r in rows)
+    )
 
 
 _MODES = {
@@ -231,40 +243,46 @@ def _markdown(meta: dict, rows: list[dict], mode: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in ts:
+
         def cell(method, _t=t):
             return " / ".join(f"{by[(s, _t, method)]:.0f}" for s in sizes)
 
         def ratio(base, _t=t):
-            return " / ".join(
-                f"{by[(s, _t, 'packed')] / by[(s, _t, base)]:.2f}" for s in sizes)
+            return " / ".join(f"{by[(s, _t, 'packed')] / by[(s, _t, base)]:.2f}" for s in sizes)
 
-        lines.append(f"| {t} | {cell('list')} | {cell('list_alloc')} | {cell('packed')} "
-                     f"| {cell('single')} | {ratio('list')} | {ratio('list_alloc')} "
-                     f"| {cell('barrier')} | {cell('packed+barrier')} |")
+        lines.append(
+            f"| {t} | {cell('list')} | {cell('list_alloc')} | {cell('packed')} "
+            f"| {cell('single')} | {ratio('list')} | {ratio('list_alloc')} "
+            f"| {cell('barrier')} | {cell('packed+barrier')} |"
+        )
     lines += [
         "",
         "| T rows/rank | reduce_scatterv: padded reduce_scatter | all_reduce + slice |",
         "|---|---|---|",
     ]
     for t in ts:
-        lines.append("| {} | {} | {} |".format(t, *(
-            " / ".join(f"{by[(s, t, m)]:.0f}" for s in sizes)
-            for m in ("rs_native", "rs_allreduce"))))
+        lines.append(
+            "| {} | {} | {} |".format(
+                t, *(" / ".join(f"{by[(s, t, m)]:.0f}" for s in sizes) for m in ("rs_native", "rs_allreduce"))
+            )
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=["gloo", "nccl"],
-                   default="nccl" if torch.cuda.is_available() else "gloo")
+    p.add_argument("--backend", choices=["gloo", "nccl"], default="nccl" if torch.cuda.is_available() else "gloo")
     p.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4])
     p.add_argument("--rows", type=int, nargs="+", default=ROWS)
     p.add_argument("--hidden", type=int, default=HIDDEN)
-    p.add_argument("--iters", type=int, default=None,
-                   help="timed calls per point (default: gloo 40, nccl 200)")
+    p.add_argument("--iters", type=int, default=None, help="timed calls per point (default: gloo 40, nccl 200)")
     p.add_argument("--core", help="packed_collectives.py (default: from patch 0002)")
-    p.add_argument("--no-inference-mode", dest="inference_mode", action="store_false",
-                   help="time outside torch.inference_mode() (vLLM runs inside it)")
+    p.add_argument(
+        "--no-inference-mode",
+        dest="inference_mode",
+        action="store_false",
+        help="time outside torch.inference_mode() (vLLM runs inside it)",
+    )
     p.add_argument("--json", help="write results here as JSON")
     p.add_argument("--markdown", help="write the table here as markdown")
     args = p.parse_args()
@@ -282,24 +300,32 @@ def main() -> None:
         sizes = [s for s in args.world_sizes if s <= torch.cuda.device_count()]
         skipped = sorted(set(args.world_sizes) - set(sizes))
         if skipped:
-            print(f"skipping world sizes {skipped}: only "
-                  f"{torch.cuda.device_count()} GPUs", file=sys.stderr)
+            print(f"skipping world sizes {skipped}: only {torch.cuda.device_count()} GPUs", file=sys.stderr)
     else:
         device_name = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
         sizes = args.world_sizes
-    meta = {"backend": args.backend, "device": device_name, "torch": torch.__version__,
-            "hidden": args.hidden, "rows": args.rows, "iters": iters,
-            "core": "patch 0002" if args.core is None else args.core,
-            "inference_mode": args.inference_mode}
+    meta = {
+        "backend": args.backend,
+        "device": device_name,
+        "torch": torch.__version__,
+        "hidden": args.hidden,
+        "rows": args.rows,
+        "iters": iters,
+        "core": "patch 0002" if args.core is None else args.core,
+        "inference_mode": args.inference_mode,
+    }
     rows: list[dict] = []
     for ws in sizes:
         result = Path(tmp) / f"result-{ws}.json"
         init = f"file://{tmp}/store-{ws}"
         print(f"{args.backend} x{ws}:", flush=True)
-        mp.start_processes(_rank, args=(ws, args.backend, core, init, str(result),
-                                        args.rows, args.hidden, iters,
-                                        args.inference_mode),
-                           nprocs=ws, join=True, start_method="spawn")
+        mp.start_processes(
+            _rank,
+            args=(ws, args.backend, core, init, str(result), args.rows, args.hidden, iters, args.inference_mode),
+            nprocs=ws,
+            join=True,
+            start_method="spawn",
+        )
         rows.extend(json.loads(result.read_text()))
     table = markdown(meta, rows)
     print()

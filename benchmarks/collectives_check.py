@@ -65,8 +65,9 @@ def _rank(rank: int, world_size: int, backend: str, core: str, init: str) -> Non
         local = int(os.environ.get("LOCAL_RANK", rank))
         torch.cuda.set_device(local)
         kwargs["device_id"] = torch.device("cuda", local)
-    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=300), **kwargs)
+    dist.init_process_group(
+        backend, init_method=init, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=300), **kwargs
+    )
     ok = run_checks(rank, world_size, core, device)
     dist.destroy_process_group()
     if not ok:
@@ -75,22 +76,25 @@ def _rank(rank: int, world_size: int, backend: str, core: str, init: str) -> Non
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=["nccl", "gloo"],
-                   default="nccl" if torch.cuda.is_available() else "gloo")
-    p.add_argument("--world-size", type=int, default=2,
-                   help="ranks to start when not under torchrun")
-    p.add_argument("--core", help="packed_collectives.py to test "
-                   "(default: materialised from patches/v0.32.0/0002-*.patch)")
+    p.add_argument("--backend", choices=["nccl", "gloo"], default="nccl" if torch.cuda.is_available() else "gloo")
+    p.add_argument("--world-size", type=int, default=2, help="ranks to start when not under torchrun")
+    p.add_argument(
+        "--core", help="packed_collectives.py to test (default: materialised from patches/v0.32.0/0002-*.patch)"
+    )
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="core_")
     core = args.core or str(materialise_core(Path(tmp)))
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
-        _rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args.backend,
-              core, "env://")
+        _rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args.backend, core, "env://")
         return
     init = f"file://{tmp}/store"
-    ctx = mp.start_processes(_rank, args=(args.world_size, args.backend, core, init),
-                             nprocs=args.world_size, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _rank,
+        args=(args.world_size, args.backend, core, init),
+        nprocs=args.world_size,
+        join=False,
+        start_method="spawn",
+    )
     try:
         while not ctx.join(timeout=600):
             pass

@@ -54,19 +54,21 @@ def main() -> None:
     from vllm._custom_ops import cpu_fused_moe, cpu_prepack_moe_weight
 
     dtype = getattr(torch, args.dtype)
-    E, H, I, K = args.experts, args.hidden, args.inter, args.topk
+    E, H, INTER, K = args.experts, args.hidden, args.inter, args.topk
     n_local = E // args.ep
     g = torch.Generator().manual_seed(0)
-    w13 = (torch.randn(E, 2 * I, H, generator=g) * 0.02).to(dtype)
-    w2 = (torch.randn(E, H, I, generator=g) * 0.02).to(dtype)
+    w13 = (torch.randn(E, 2 * INTER, H, generator=g) * 0.02).to(dtype)
+    w2 = (torch.randn(E, H, INTER, generator=g) * 0.02).to(dtype)
     full13, full2 = cpu_prepack_moe_weight(w13, "vec"), cpu_prepack_moe_weight(w2, "vec")
     loc13 = cpu_prepack_moe_weight(w13[:n_local].contiguous(), "vec")
     loc2 = cpu_prepack_moe_weight(w2[:n_local].contiguous(), "vec")
     expert_map = torch.full((E,), -1, dtype=torch.int32)
     expert_map[:n_local] = torch.arange(n_local, dtype=torch.int32)
 
-    print(f"E={E} (local {n_local}, EP={args.ep}) top-{K} H={H} I={I} {args.dtype}, "
-          f"{torch.get_num_threads()} threads; median us per call over {args.reps}")
+    print(
+        f"E={E} (local {n_local}, EP={args.ep}) top-{K} H={H} INTER={INTER} {args.dtype}, "
+        f"{torch.get_num_threads()} threads; median us per call over {args.reps}"
+    )
     print(f"{'tokens':>6} {'local pairs':>11} {'full':>9} {'ep':>9} {'ep_zero':>9} {'helpers':>8}")
     for T in args.tokens:
         x = torch.randn(T, H, generator=g).to(dtype)
@@ -98,8 +100,10 @@ def main() -> None:
             sum_rows_per_token(out, rows, tok)
 
         n_pairs = int((~remote).sum())
-        print(f"{T:>6} {n_pairs:>11} {timed(full, args.reps):>9.0f} {timed(ep, args.reps):>9.0f} "
-              f"{timed(ep_zero, args.reps):>9.0f} {timed(helpers, args.reps):>8.0f}")
+        print(
+            f"{T:>6} {n_pairs:>11} {timed(full, args.reps):>9.0f} {timed(ep, args.reps):>9.0f} "
+            f"{timed(ep_zero, args.reps):>9.0f} {timed(helpers, args.reps):>8.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ Not measured, no CPU effect: 0009 changes only the XPU Gated DeltaNet wrapper
 (Qwen3-Next on XPU); 0011 changes the async-scheduling default, and the CPU
 platform forces async scheduling off whatever the default is.
 
-Run (the machine is shared: hold the e2e lock):
-  flock /work/scratch/e2e.lock .venv/bin/python benchmarks/fix_costs.py \
+Run on a machine with nothing else busy (the numbers are per-step times):
+  .venv/bin/python benchmarks/fix_costs.py \
       --json docs/fix_costs.json --markdown docs/fix_costs.md
 ``--dry-run`` prints the plan (variants, overlays, scenarios) without starting
 engines.
@@ -73,11 +73,13 @@ RANK1_WORDS = (70,)
 
 def load_scenario(name: str, seed: int, max_tokens: int) -> Scenario:
     """Uneven load with fresh prompts (seed) of fixed lengths."""
+
     def reqs(rank: int, words: tuple[int, ...]) -> tuple[Request, ...]:
         return tuple(
             Request(f"{name}-r{rank}-{i}", prompt(seed * 100 + rank * 10 + i, w), max_tokens)
             for i, w in enumerate(words)
         )
+
     return Scenario(name, f"fix_costs {name}", ((reqs(0, RANK0_WORDS),), (reqs(1, RANK1_WORDS),)), default=False)
 
 
@@ -101,8 +103,9 @@ def variant_paths(variants: list[str]) -> dict[str, Path]:
     return paths
 
 
-def run_engine(variant: str, path: Path, model: Model, scenarios: list[Scenario], tokens: int,
-               workdir: Path, timeout_s: float) -> tuple[list[float], list[float]]:
+def run_engine(
+    variant: str, path: Path, model: Model, scenarios: list[Scenario], tokens: int, workdir: Path, timeout_s: float
+) -> tuple[list[float], list[float]]:
     """Start one DP=2+EP engine pair on ``path``'s vLLM; per repetition, the
     per-step decode seconds and the seconds of the 2-token round (prefill
     plus one decode step: what 0012 adds to, once per generate() call)."""
@@ -111,8 +114,7 @@ def run_engine(variant: str, path: Path, model: Model, scenarios: list[Scenario]
     names = [s.name for s in scenarios]
     config = Config(f"fixcost-{variant}", model.key, 2, 1, True, "mp", tuple(names))
     pythonpath = str(path) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-    settings = runner.Settings(timeout_s=timeout_s, watch=False, ledger=False,
-                               extra_env={"PYTHONPATH": pythonpath})
+    settings = runner.Settings(timeout_s=timeout_s, watch=False, ledger=False, extra_env={"PYTHONPATH": pythonpath})
     result = runner.run_offline(config, model, names, workdir, settings)
     if not result.ok:
         raise RuntimeError(f"{variant}: engine run failed: {result.error}")
@@ -173,17 +175,31 @@ def main() -> int:
     rounds: dict[str, list[float]] = {v: [] for v in variants}
     started = time.monotonic()
     for r, v in order:
-        per_step, round_s = run_engine(v, paths[v], model, engine_scenarios(r, args.reps, args.tokens),
-                                       args.tokens, workroot / f"round{r}-{v}", args.timeout)
+        per_step, round_s = run_engine(
+            v,
+            paths[v],
+            model,
+            engine_scenarios(r, args.reps, args.tokens),
+            args.tokens,
+            workroot / f"round{r}-{v}",
+            args.timeout,
+        )
         samples[v].extend(per_step)
         rounds[v].extend(round_s)
-        print(f"[fix_costs] round {r} {v}: " + ", ".join(f"{x * 1e3:.2f}" for x in per_step)
-              + " ms/step; 2-token rounds " + ", ".join(f"{x * 1e3:.0f}" for x in round_s) + " ms",
-              flush=True)
+        print(
+            f"[fix_costs] round {r} {v}: "
+            + ", ".join(f"{x * 1e3:.2f}" for x in per_step)
+            + " ms/step; 2-token rounds "
+            + ", ".join(f"{x * 1e3:.0f}" for x in round_s)
+            + " ms",
+            flush=True,
+        )
     report = {
         "config": "tiny Qwen3-MoE fp32, DP=2+EP offline (mp), eager, rank 0: 7 prompts, rank 1: 1 prompt",
         "metric": "(T(generate N tokens) - T(generate 2 tokens)) / (N-2) on DP rank 0",
-        "tokens": args.tokens, "rounds": args.rounds, "reps_per_engine": args.reps,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "reps_per_engine": args.reps,
         "order": [f"{r}:{v}" for r, v in order],
         "samples_ms": {v: [round(x * 1e3, 3) for x in s] for v, s in samples.items()},
         "median_ms": {v: round(statistics.median(s) * 1e3, 3) for v, s in samples.items()},

@@ -49,10 +49,19 @@ def run_pair(variant: str, calls: int, workdir: Path) -> float:
     port = str(procs.free_port())
     specs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, OMP_NUM_THREADS="1")
-        argv = [sys.executable, __file__, "--rank-of", variant, "--calls", str(calls),
-                "--out", str(workdir / f"{variant}-{port}-{rank}.json")]
+        env = dict(
+            os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1"
+        )
+        argv = [
+            sys.executable,
+            __file__,
+            "--rank-of",
+            variant,
+            "--calls",
+            str(calls),
+            "--out",
+            str(workdir / f"{variant}-{port}-{rank}.json"),
+        ]
         specs.append(procs.ProcSpec(f"rank{rank}", argv, env, workdir / f"{variant}-{port}-{rank}.log"))
     outcome = procs.run_group(f"ledger overhead {variant}", specs, timeout_s=300)
     if not outcome.ok:
@@ -76,8 +85,11 @@ def main() -> None:
         for r in range(args.rounds):
             for variant in samples:
                 samples[variant].append(run_pair(variant, args.calls, Path(tmp)))
-            print(f"round {r + 1}/{args.rounds}: plain {samples['plain'][-1]:.1f} us, "
-                  f"ledger {samples['ledger'][-1]:.1f} us", file=sys.stderr)
+            print(
+                f"round {r + 1}/{args.rounds}: plain {samples['plain'][-1]:.1f} us, "
+                f"ledger {samples['ledger'][-1]:.1f} us",
+                file=sys.stderr,
+            )
     plain, led = statistics.median(samples["plain"]), statistics.median(samples["ledger"])
     lines = [
         f"gloo all_reduce of 1 float32, 2 ranks, {args.calls} calls per pair, "
@@ -92,8 +104,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(f"# Collective ledger overhead\n\n`python benchmarks/ledger_overhead.py`, "
-                                       f"{os.cpu_count()} CPUs\n\n{text}\n")
+        Path(args.markdown).write_text(
+            f"# Collective ledger overhead\n\n`python benchmarks/ledger_overhead.py`, {os.cpu_count()} CPUs\n\n{text}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -138,10 +138,10 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--core", help="packed_collectives.py (default: from patch 0002)")
     p.add_argument("--candidate", help="a second core file, timed beside the patch's as `candidate`")
-    p.add_argument("--inference-mode", action="store_true",
-                   help="run under torch.inference_mode(), as vLLM's forward does")
-    p.add_argument("--profile", action="store_true",
-                   help="also print torch.profiler's op table for 50 packed calls")
+    p.add_argument(
+        "--inference-mode", action="store_true", help="run under torch.inference_mode(), as vLLM's forward does"
+    )
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler's op table for 50 packed calls")
     args = p.parse_args()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -181,10 +181,11 @@ def main() -> None:
         ref = core.all_gatherv_packed(tensors, None, group, rank, world_size)
         got = core_pg.all_gatherv_packed(tensors, None, group, rank, world_size)
         assert all(torch.equal(a, b) for a, b in zip(ref, got))
-        for got in (_rows_layout(tensors, group, world_size),
-                    cand.all_gatherv_packed(tensors, None, group, rank, world_size)):
-            assert all(torch.equal(a, b) and a.shape == b.shape and a.dtype == b.dtype
-                       for a, b in zip(ref, got))
+        for got in (
+            _rows_layout(tensors, group, world_size),
+            cand.all_gatherv_packed(tensors, None, group, rank, world_size),
+        ):
+            assert all(torch.equal(a, b) and a.shape == b.shape and a.dtype == b.dtype for a, b in zip(ref, got))
         sbuf = torch.empty(nbytes, dtype=torch.uint8, device=device)
         rbuf = sbuf.new_empty(nbytes * world_size)
 
@@ -199,27 +200,20 @@ def main() -> None:
             dist.all_gather_into_tensor(rbuf, sbuf, group=group)
 
         variants = {
-            "list": lambda: [dist.all_gather_into_tensor(o, t, group=group)
-                             for t, o in zip(tensors, outs)],
+            "list": lambda: [dist.all_gather_into_tensor(o, t, group=group) for t, o in zip(tensors, outs)],
             "list_alloc": list_alloc,
-            "packed": lambda: core.all_gatherv_packed(tensors, None, group, rank,
-                                                      world_size),
-            "packed_pg": lambda: core_pg.all_gatherv_packed(tensors, None, group, rank,
-                                                            world_size),
-            "candidate": lambda: cand.all_gatherv_packed(tensors, None, group, rank,
-                                                          world_size),
-            "candidate_pg": lambda: cand_pg.all_gatherv_packed(tensors, None, group,
-                                                                rank, world_size),
+            "packed": lambda: core.all_gatherv_packed(tensors, None, group, rank, world_size),
+            "packed_pg": lambda: core_pg.all_gatherv_packed(tensors, None, group, rank, world_size),
+            "candidate": lambda: cand.all_gatherv_packed(tensors, None, group, rank, world_size),
+            "candidate_pg": lambda: cand_pg.all_gatherv_packed(tensors, None, group, rank, world_size),
             "pack+gather prealloc": packed_prealloc,
             "single": lambda: dist.all_gather_into_tensor(s_out, s_in, group=group),
         }
         res = _time_all(variants, align, args.iters)
         if rank == 0:
             if rows == args.rows[0]:
-                print("T      " + "".join(f"{k[:15]:>17s}" for k in res)
-                      + "   (us/call: host issue / total)")
-            print(f"{rows:<6d} " + "".join(f"{h:7.1f} /{t:7.1f} " for h, t in res.values()),
-                  flush=True)
+                print("T      " + "".join(f"{k[:15]:>17s}" for k in res) + "   (us/call: host issue / total)")
+            print(f"{rows:<6d} " + "".join(f"{h:7.1f} /{t:7.1f} " for h, t in res.values()), flush=True)
     if args.profile:
         tensors = _inputs(8, 4096, device)
         from torch.profiler import ProfilerActivity, profile

@@ -14,9 +14,13 @@ import json
 import sys
 from pathlib import Path
 
-LINES = [("list", "list path (3 gathers)"), ("list_alloc", "list path, fresh outputs"),
-         ("packed", "packed (patch 0002)"),
-         ("single", "single same-byte gather"), ("packed+barrier", "packed + barrier")]
+LINES = [
+    ("list", "list path (3 gathers)"),
+    ("list_alloc", "list path, fresh outputs"),
+    ("packed", "packed (patch 0002)"),
+    ("single", "single same-byte gather"),
+    ("packed+barrier", "packed + barrier"),
+]
 
 
 def main() -> None:
@@ -41,18 +45,23 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (meta, rows, ws) in zip(axes[0], panels):
         for method, label in LINES:
-            pts = sorted((r["rows"], r["median_us"]) for r in rows
-                         if r["method"] == method and r.get("mode", "latency") == "latency")
+            pts = sorted(
+                (r["rows"], r["median_us"])
+                for r in rows
+                if r["method"] == method and r.get("mode", "latency") == "latency"
+            )
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=label)
-            pts = sorted((r["rows"], r["median_us"]) for r in rows
-                         if r["method"] == method and r.get("mode") == "pipelined")
+            pts = sorted(
+                (r["rows"], r["median_us"]) for r in rows if r["method"] == method and r.get("mode") == "pipelined"
+            )
             if pts:
-                ax.plot(*zip(*pts), marker=".", linestyle=":",
-                        color=ax.lines[-1].get_color(), label=label + ", pipelined")
+                ax.plot(
+                    *zip(*pts), marker=".", linestyle=":", color=ax.lines[-1].get_color(), label=label + ", pipelined"
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("rows per rank (H = %d)" % meta["hidden"])
+        ax.set_xlabel(f"rows per rank (H = {meta['hidden']})")
         ax.set_ylabel("median us per call")
         ax.set_title(f"{meta['backend']} x{ws}\n{meta['device']}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)

@@ -188,8 +188,13 @@ def test_patch_applies_when_the_worker_module_is_imported_later(tmp_path):
         (pkg / "__init__.py").write_text("")
     (worker_dir / "gpu_worker.py").write_text(LATE_WORKER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), os.getcwd()])}
-    res = subprocess.run([sys.executable, "-c", LATE_IMPORT, str(tmp_path / "watch")], env=env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", LATE_IMPORT, str(tmp_path / "watch")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     total = json.loads(res.stdout.strip().splitlines()[-1])
     # The hooks ran: one step of 3 real rows, the last one NaN in the layer

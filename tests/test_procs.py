@@ -103,9 +103,7 @@ def test_failed_rank_stops_waiting_peer_after_grace(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_success_reports_ok(tmp_path):
-    outcome = procs.run_group(
-        "fine", [_spec(tmp_path, f"rank{i}", "print('hi')") for i in range(2)], timeout_s=30
-    )
+    outcome = procs.run_group("fine", [_spec(tmp_path, f"rank{i}", "print('hi')") for i in range(2)], timeout_s=30)
     assert outcome.ok, outcome.describe()
     assert "hi" in (tmp_path / "rank0.log").read_text()
 

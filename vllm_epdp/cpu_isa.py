@@ -41,7 +41,7 @@ def native_level() -> str:
 
 def runnable_levels() -> list[str]:
     """This CPU's level and every lower one, highest first."""
-    return list(LEVELS[LEVELS.index(native_level()):])
+    return list(LEVELS[LEVELS.index(native_level()) :])
 
 
 def emulate(level: str) -> None:

@@ -71,9 +71,7 @@ WRAPPED_OPS: dict[str, int] = {
 }
 # Point-to-point: peers post different ops (send vs recv), so these are
 # recorded but not compared across members.
-P2P_OPS = frozenset(
-    {"send", "recv", "isend", "irecv", "send_object_list", "recv_object_list"}
-)
+P2P_OPS = frozenset({"send", "recv", "isend", "irecv", "send_object_list", "recv_object_list"})
 # Ops whose tensor shapes must agree on every member. For the others (rooted
 # ops, uneven all_to_all, pickled objects) members legitimately pass different
 # shapes, so only op and dtypes are compared.
@@ -206,9 +204,7 @@ def _describe(value, shapes: list, dtypes: list) -> None:
     if isinstance(value, torch.Tensor):
         shapes.append(list(value.shape))
         dtypes.append(str(value.dtype)[6:])  # "torch.float32" -> "float32"
-    elif isinstance(value, (list, tuple)) and value and isinstance(
-        value[0], torch.Tensor
-    ):
+    elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
         for item in value:
             _describe(item, shapes, dtypes)
 
@@ -264,9 +260,7 @@ class Entry:
 @dataclass
 class Ledger:
     # group key -> member -> (file, entries)
-    groups: dict[str, dict[int, tuple[str, list[Entry]]]] = field(
-        default_factory=dict
-    )
+    groups: dict[str, dict[int, tuple[str, list[Entry]]]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     # global rank -> file, for processes that used registered groups
     global_ranks: dict[int, str] = field(default_factory=dict)
@@ -326,10 +320,7 @@ def compare(directory: str | os.PathLike) -> list[str]:
     ledger.fill_silent_members()
     report = list(ledger.problems)
     for key, members in sorted(ledger.groups.items()):
-        seqs = {
-            m: [e for e in entries if e.op not in P2P_OPS]
-            for m, (_, entries) in members.items()
-        }
+        seqs = {m: [e for e in entries if e.op not in P2P_OPS] for m, (_, entries) in members.items()}
         if len(seqs) < 2:
             continue
         longest = max(len(s) for s in seqs.values())
@@ -363,10 +354,7 @@ def counts(directory: str | os.PathLike) -> dict[str, dict[int, int]]:
     ledger = load(directory)
     ledger.fill_silent_members()
     return {
-        key: {
-            m: sum(1 for e in entries if e.op not in P2P_OPS)
-            for m, (_, entries) in members.items()
-        }
+        key: {m: sum(1 for e in entries if e.op not in P2P_OPS) for m, (_, entries) in members.items()}
         for key, members in ledger.groups.items()
     }
 

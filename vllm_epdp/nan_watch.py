@@ -47,7 +47,7 @@ _WORKER_MODULE = "vllm.v1.worker.gpu_worker"
 _MAX_ROWS_LOG = 5000
 _FLUSH_EVERY_S = 2.0
 
-_state: "_Watch | None" = None
+_state: _Watch | None = None
 
 
 def install(outdir: str | os.PathLike) -> None:
@@ -159,11 +159,7 @@ class _Watch:
         runner = worker.model_runner
         self._wrap_runner(worker, runner)
         model = runner.get_model()
-        layers = [
-            (name, mod)
-            for name, mod in model.named_modules()
-            if type(mod).__name__.endswith("DecoderLayer")
-        ]
+        layers = [(name, mod) for name, mod in model.named_modules() if type(mod).__name__.endswith("DecoderLayer")]
         if not layers:
             print("[vllm-epdp nan_watch] no *DecoderLayer modules found", file=sys.stderr)
             return

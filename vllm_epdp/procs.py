@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36
-_LIVE_GROUPS: "set[ProcGroup]" = set()
+_LIVE_GROUPS: set[ProcGroup] = set()
 _LIVE_LOCK = threading.Lock()
 _CLEANUP_INSTALLED = False
 
@@ -59,9 +59,7 @@ def read_proc(pid: int) -> ProcInfo | None:
     head, _, tail = raw.rpartition(")")
     comm = head.partition("(")[2]
     fields = tail.split()
-    return ProcInfo(
-        pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0], comm, int(fields[19])
-    )
+    return ProcInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0], comm, int(fields[19]))
 
 
 def all_procs() -> list[ProcInfo]:
@@ -258,7 +256,7 @@ class ProcGroup:
         self._known: dict[int, int] = {}  # {pid: start time} ever seen in our sessions
 
     # -- start / stop
-    def start(self) -> "ProcGroup":
+    def start(self) -> ProcGroup:
         _install_cleanup()
         with _LIVE_LOCK:
             _LIVE_GROUPS.add(self)
@@ -281,7 +279,7 @@ class ProcGroup:
                 )
         return self
 
-    def __enter__(self) -> "ProcGroup":
+    def __enter__(self) -> ProcGroup:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -319,9 +317,7 @@ class ProcGroup:
             if first_failure is None and any(rc not in (None, 0) for rc in codes.values()):
                 first_failure = time.monotonic()
             now_late = self.elapsed() > self.timeout_s
-            peers_stuck = (
-                first_failure is not None and time.monotonic() - first_failure > self.grace_s
-            )
+            peers_stuck = first_failure is not None and time.monotonic() - first_failure > self.grace_s
             if now_late or peers_stuck:
                 stacks = self.dump_stacks()
                 codes = self.exited()

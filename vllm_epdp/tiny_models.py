@@ -30,8 +30,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Bump when the build recipe changes in a way the config/key would not show
 # (tokenizer training text, init scheme, file layout).
@@ -88,6 +89,7 @@ sentence. Translate hello into French, German and Spanish: bonjour, hallo, hola.
 # --------------------------------------------------------------------------
 # model recipes
 # --------------------------------------------------------------------------
+
 
 def _qwen3_moe_config(vocab_size: int) -> dict[str, Any]:
     return {
@@ -177,6 +179,7 @@ _INIT_STD = 0.25
 # public API
 # --------------------------------------------------------------------------
 
+
 def build_qwen3_moe(dest: Path | str, *, seed: int = 0) -> Path:
     """Build (or reuse) a tiny fp32 Qwen3MoeForCausalLM + tokenizer in ``dest``."""
     return _build("qwen3-moe", Path(dest), seed)
@@ -200,6 +203,7 @@ KINDS = tuple(_RECIPES)
 # --------------------------------------------------------------------------
 # implementation
 # --------------------------------------------------------------------------
+
 
 def _build_key(kind: str, seed: int) -> dict[str, Any]:
     import tokenizers

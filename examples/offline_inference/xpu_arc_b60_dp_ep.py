@@ -113,9 +113,7 @@ PROMPTS = [
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="vLLM offline DP x TP x EP under torchrun (external launcher)"
-    )
+    p = argparse.ArgumentParser(description="vLLM offline DP x TP x EP under torchrun (external launcher)")
     p.add_argument("--device", choices=["xpu", "cuda", "cpu"], default="xpu")
     p.add_argument("--tp", type=int, default=2, help="tensor parallel size")
     p.add_argument("--dp", type=int, default=2, help="data parallel size")
@@ -125,8 +123,9 @@ def parse_args(argv=None):
     p.add_argument("--num-prompts", type=int, default=len(PROMPTS))
     p.add_argument("--split", choices=["round-robin", "uneven"], default="round-robin")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--max-model-len", type=int, default=None,
-                   help="default: the model's; set it for big models (KV cache)")
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="default: the model's; set it for big models (KV cache)"
+    )
     p.add_argument("--logprobs", type=int, default=5, help="top-k logprobs kept")
     p.add_argument(
         "--enforce-eager",
@@ -223,13 +222,9 @@ def compare(results, reference, criterion):
         ok = True
         for pos in range(min(len(a), len(b))):
             if a[pos] == b[pos]:
-                max_diff = max(
-                    max_diff, abs(r["logprobs"][pos] - ref[i]["logprobs"][pos])
-                )
+                max_diff = max(max_diff, abs(r["logprobs"][pos] - ref[i]["logprobs"][pos]))
                 continue
-            in_each_other = str(a[pos]) in ref[i]["top_logprobs"][pos] and str(
-                b[pos]
-            ) in r["top_logprobs"][pos]
+            in_each_other = str(a[pos]) in ref[i]["top_logprobs"][pos] and str(b[pos]) in r["top_logprobs"][pos]
             if criterion == "close" and in_each_other:
                 break  # acceptable divergence: stop comparing this sequence
             problems.append(
@@ -302,7 +297,9 @@ def main(argv=None):
     prompts = prompt_list(args.num_prompts)
     mine = split_prompts(len(prompts), args.dp, dp_rank, args.split)
     params = SamplingParams(
-        temperature=0.0, max_tokens=args.max_tokens, logprobs=args.logprobs,
+        temperature=0.0,
+        max_tokens=args.max_tokens,
+        logprobs=args.logprobs,
         ignore_eos=True,
     )
     print(f"rank {rank}: dp_rank {dp_rank} submits prompts {mine}", flush=True)
@@ -326,9 +323,16 @@ def main(argv=None):
     for r in results:
         print(f"  [{r['index']}] {r['prompt'][:40]!r} -> {r['text']!r}", flush=True)
     doc = {
-        "config": {"dp": args.dp, "tp": args.tp, "ep": not args.no_ep,
-                   "model": args.model, "dtype": dtype, "device": args.device,
-                   "max_tokens": args.max_tokens, "split": args.split},
+        "config": {
+            "dp": args.dp,
+            "tp": args.tp,
+            "ep": not args.no_ep,
+            "model": args.model,
+            "dtype": dtype,
+            "device": args.device,
+            "max_tokens": args.max_tokens,
+            "split": args.split,
+        },
         "prompts": results,
     }
     if args.save:
@@ -350,10 +354,7 @@ def main(argv=None):
             crit = "exact" if dtype == "float32" else "close"
         matched, total, max_diff, diffs = compare(results, reference, crit)
         problems += diffs
-        summary = (
-            f"{what} matched reference on {matched}/{total} prompts "
-            f"({crit}, max |dlogprob| {max_diff:.2e})"
-        )
+        summary = f"{what} matched reference on {matched}/{total} prompts ({crit}, max |dlogprob| {max_diff:.2e})"
     else:
         summary = f"{what} generated {len(results)}/{len(prompts)} prompts, all finite"
     for p in problems:

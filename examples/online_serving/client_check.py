@@ -47,15 +47,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     p.add_argument("--model", help="served model name (default: the server's first)")
-    p.add_argument("--num-requests", type=int, default=16,
-                   help="requests to send; prompts are reused cyclically")
+    p.add_argument("--num-requests", type=int, default=16, help="requests to send; prompts are reused cyclically")
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--stagger", type=float, default=0.0,
-                   help="seconds between request submissions (ranks go idle/busy)")
+    p.add_argument(
+        "--stagger", type=float, default=0.0, help="seconds between request submissions (ranks go idle/busy)"
+    )
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--logprobs", type=int, default=5)
-    p.add_argument("--wait", type=float, default=0.0,
-                   help="seconds to wait for the server(s) to become healthy")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the server(s) to become healthy")
     p.add_argument("--timeout", type=float, default=300.0, help="per request, s")
     p.add_argument("--save", metavar="OUT.json")
     ref = p.add_mutually_exclusive_group()
@@ -72,9 +71,7 @@ class Server:
 
     def _call(self, path, body=None):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.url + path, data=data, headers={"Content-Type": "application/json"}
-        )
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             return json.loads(resp.read())
 
@@ -93,21 +90,30 @@ class Server:
         return self._call("/v1/models")["data"][0]["id"]
 
     def complete(self, model, prompt, max_tokens, logprobs):
-        out = self._call("/v1/completions", {
-            "model": model, "prompt": prompt, "max_tokens": max_tokens,
-            "temperature": 0.0, "logprobs": logprobs, "ignore_eos": True,
-            "return_tokens_as_token_ids": True,
-        })
+        out = self._call(
+            "/v1/completions",
+            {
+                "model": model,
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+                "logprobs": logprobs,
+                "ignore_eos": True,
+                "return_tokens_as_token_ids": True,
+            },
+        )
         choice = out["choices"][0]
         lp = choice["logprobs"]
         token_ids = [int(t.removeprefix("token_id:")) for t in lp["tokens"]]
-        top = [
-            {k.removeprefix("token_id:"): v for k, v in (d or {}).items()}
-            for d in lp["top_logprobs"]
-        ]
+        top = [{k.removeprefix("token_id:"): v for k, v in (d or {}).items()} for d in lp["top_logprobs"]]
         chosen = [float("nan") if x is None else x for x in lp["token_logprobs"]]
-        return {"prompt": prompt, "token_ids": token_ids, "text": choice["text"],
-                "logprobs": chosen, "top_logprobs": top}
+        return {
+            "prompt": prompt,
+            "token_ids": token_ids,
+            "text": choice["text"],
+            "logprobs": chosen,
+            "top_logprobs": top,
+        }
 
 
 def run_requests(server, model, prompts, args, label):
@@ -132,8 +138,7 @@ def run_requests(server, model, prompts, args, label):
             results[i] = r
             done += 1
             if done % max(1, len(prompts) // 4) == 0 or done == len(prompts):
-                print(f"[{label}] {done}/{len(prompts)} answers "
-                      f"({time.monotonic() - t0:.1f}s)", flush=True)
+                print(f"[{label}] {done}/{len(prompts)} answers ({time.monotonic() - t0:.1f}s)", flush=True)
     return results
 
 
@@ -145,12 +150,12 @@ def compare_one(r, ref, criterion):
         if a[pos] == b[pos]:
             max_diff = max(max_diff, abs(r["logprobs"][pos] - ref["logprobs"][pos]))
             continue
-        in_each_other = (str(a[pos]) in ref["top_logprobs"][pos]
-                         and str(b[pos]) in r["top_logprobs"][pos])
+        in_each_other = str(a[pos]) in ref["top_logprobs"][pos] and str(b[pos]) in r["top_logprobs"][pos]
         if criterion == "close" and in_each_other:
             return None, max_diff
-        return (f"token {pos} is {a[pos]}, reference {b[pos]}"
-                + ("" if in_each_other else " (not in each other's top-k)")), max_diff
+        return (
+            f"token {pos} is {a[pos]}, reference {b[pos]}" + ("" if in_each_other else " (not in each other's top-k)")
+        ), max_diff
     if len(a) != len(b):
         return f"{len(a)} tokens, reference {len(b)}", max_diff
     return None, max_diff
@@ -183,8 +188,10 @@ def main(argv=None):
                 print(f"waiting up to {args.wait:.0f}s for {s.url} ...", flush=True)
                 s.wait_healthy(args.wait)
         model = args.model or target.first_model()
-        print(f"model {model!r}: {len(prompts)} requests, concurrency "
-              f"{args.concurrency}, max_tokens {args.max_tokens}", flush=True)
+        print(
+            f"model {model!r}: {len(prompts)} requests, concurrency {args.concurrency}, max_tokens {args.max_tokens}",
+            flush=True,
+        )
         results = run_requests(target, model, prompts, args, "target")
         if ref_server:
             uniq = list(dict.fromkeys(prompts))
@@ -196,8 +203,7 @@ def main(argv=None):
 
     if args.save:
         with open(args.save, "w") as f:
-            json.dump({"config": {"url": args.url, "model": model},
-                       "prompts": results}, f)
+            json.dump({"config": {"url": args.url, "model": model}, "prompts": results}, f)
         print(f"saved {len(results)} answers to {args.save}", flush=True)
 
     problems, max_diff, matched = [], 0.0, 0
@@ -218,8 +224,7 @@ def main(argv=None):
         print("MISMATCH:", p, flush=True)
     if reference is not None:
         src = args.reference or args.reference_url
-        summary = (f"{matched}/{len(results)} answers matched {src} "
-                   f"({args.criterion}, max |dlogprob| {max_diff:.2e})")
+        summary = f"{matched}/{len(results)} answers matched {src} ({args.criterion}, max |dlogprob| {max_diff:.2e})"
     else:
         summary = f"{matched}/{len(results)} answers finite, no '!' runs (no reference)"
     print(f"VERDICT: {'FAIL' if problems else 'PASS'} {summary}", flush=True)

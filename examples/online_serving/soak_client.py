@@ -37,23 +37,27 @@ PROMPTS = [
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[1:]),
+    )
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     p.add_argument("--model", help="served model name (default: the server's first)")
     p.add_argument("--seconds", type=float, default=600.0, help="how long to send traffic")
     p.add_argument("--rate", type=float, default=2.0, help="mean arrivals per second")
-    p.add_argument("--lengths", default="1,1,2,4,8,16,32,64",
-                   help="max_tokens to pick from at random (repeat a value to weight it)")
-    p.add_argument("--max-in-flight", type=int, default=16,
-                   help="an arrival is skipped while this many requests are out")
-    p.add_argument("--pause-every", type=float, default=30.0,
-                   help="seconds of traffic between pauses (0: never pause)")
+    p.add_argument(
+        "--lengths",
+        default="1,1,2,4,8,16,32,64",
+        help="max_tokens to pick from at random (repeat a value to weight it)",
+    )
+    p.add_argument(
+        "--max-in-flight", type=int, default=16, help="an arrival is skipped while this many requests are out"
+    )
+    p.add_argument("--pause-every", type=float, default=30.0, help="seconds of traffic between pauses (0: never pause)")
     p.add_argument("--pause", type=float, default=3.0, help="seconds of silence per pause")
     p.add_argument("--timeout", type=float, default=120.0, help="per request, s")
-    p.add_argument("--wait", type=float, default=0.0,
-                   help="seconds to wait for the server to become healthy")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the server to become healthy")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
@@ -112,10 +116,18 @@ class Tally:
 def one_request(args, model, n, max_tokens, tally):
     got, error = None, None
     try:
-        out = call(args.url, "/v1/completions", {
-            "model": model, "prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": max_tokens,
-            "temperature": 0.0, "ignore_eos": True,
-        }, timeout=args.timeout)
+        out = call(
+            args.url,
+            "/v1/completions",
+            {
+                "model": model,
+                "prompt": PROMPTS[n % len(PROMPTS)],
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+                "ignore_eos": True,
+            },
+            timeout=args.timeout,
+        )
         got = out["usage"]["completion_tokens"]
     except Exception as e:  # any failure of this request is the verdict's business
         error = f"{type(e).__name__}: {e}"
@@ -131,8 +143,12 @@ def soak(args, model):
     next_pause = args.pause_every if args.pause_every > 0 else float("inf")
     while (now := time.monotonic() - t0) < args.seconds:
         if now >= next_report:
-            print(f"[soak] {now:.0f}/{args.seconds:.0f} s: {tally.sent} sent, {tally.done} done, "
-                  f"{len(tally.failures)} failed, {tally.in_flight} in flight", file=sys.stderr, flush=True)
+            print(
+                f"[soak] {now:.0f}/{args.seconds:.0f} s: {tally.sent} sent, {tally.done} done, "
+                f"{len(tally.failures)} failed, {tally.in_flight} in flight",
+                file=sys.stderr,
+                flush=True,
+            )
             next_report += 10.0
         if now >= next_pause:
             time.sleep(min(args.pause, args.seconds - now))
@@ -142,8 +158,7 @@ def soak(args, model):
         if tally.in_flight >= args.max_in_flight or tally.failures:
             continue  # let the server catch up; after a failure, stop adding load
         n = tally.start()
-        t = threading.Thread(target=one_request, args=(args, model, n, rng.choice(args.lengths), tally),
-                             daemon=True)
+        t = threading.Thread(target=one_request, args=(args, model, n, rng.choice(args.lengths), tally), daemon=True)
         t.start()
         threads.append(t)
     deadline = time.monotonic() + args.timeout + 5
@@ -169,8 +184,11 @@ def main(argv=None):
         print(f"request #{n}: {what}", file=sys.stderr)
     summary = f"{tally.done}/{tally.sent} requests, {tally.tokens} tokens in {wall:.0f} s"
     if tally.failures or hung:
-        print(f"VERDICT: FAIL {summary}; {len(tally.failures)} failed, {hung} never came back "
-              f"(server stacks: py-spy dump; ledger: python -m vllm_epdp.ledger compare DIR)", flush=True)
+        print(
+            f"VERDICT: FAIL {summary}; {len(tally.failures)} failed, {hung} never came back "
+            f"(server stacks: py-spy dump; ledger: python -m vllm_epdp.ledger compare DIR)",
+            flush=True,
+        )
         return 1
     print(f"VERDICT: PASS {summary}", flush=True)
     return 0

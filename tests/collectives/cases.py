@@ -53,8 +53,9 @@ def have_dtype(name: str) -> bool:
     return hasattr(torch, name)
 
 
-def make_tensor(case: str, rank: int, index: int, rows: int, dtype: torch.dtype,
-                trailing: tuple[int, ...]) -> torch.Tensor:
+def make_tensor(
+    case: str, rank: int, index: int, rows: int, dtype: torch.dtype, trailing: tuple[int, ...]
+) -> torch.Tensor:
     """Deterministic random-byte tensor of shape (rows, *trailing)."""
     seed = zlib.crc32(f"{case}/{rank}/{index}".encode())
     gen = torch.Generator().manual_seed(seed)
@@ -77,8 +78,7 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
         wide[::2] = t
         out = wide[::2]
     else:
-        wide = torch.zeros(t.shape[:-1] + (t.shape[-1] * 2,), dtype=t.dtype,
-                           device=t.device)
+        wide = torch.zeros(t.shape[:-1] + (t.shape[-1] * 2,), dtype=t.dtype, device=t.device)
         wide[..., ::2] = t
         out = wide[..., ::2]
     if t.numel() > 1:
@@ -94,21 +94,19 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def bytes_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (a.dtype == b.dtype and a.shape == b.shape
-            and torch.equal(as_bytes(a), as_bytes(b)))
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(as_bytes(a), as_bytes(b))
 
 
-def int_valued(case: str, rank: int, rows: int, trailing: tuple[int, ...],
-               dtype: torch.dtype) -> torch.Tensor:
+def int_valued(case: str, rank: int, rows: int, trailing: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Small integers stored as `dtype`: sums over ranks are exact in any
     order, so every reduction algorithm must agree bit for bit."""
     gen = torch.Generator().manual_seed(zlib.crc32(f"rs/{case}/{rank}".encode()))
     return torch.randint(-8, 9, (rows,) + tuple(trailing), generator=gen).to(dtype)
 
 
-def reduce_scatter_case(case: str, rank: int, world_size: int, sizes: list[int],
-                        trailing: tuple[int, ...], dtype: torch.dtype
-                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def reduce_scatter_case(
+    case: str, rank: int, world_size: int, sizes: list[int], trailing: tuple[int, ...], dtype: torch.dtype
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every rank's reduce-scatter input (int_valued) and this rank's exact
     rows of their sum."""
     total = sum(sizes)

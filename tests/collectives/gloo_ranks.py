@@ -1,7 +1,7 @@
 """Run one Python function on N gloo ranks, each in its own process.
 
-    results = run_ranks("tests/collectives/rank_fns.py:gather_case", 4,
-                        env=vllm_patched, args={"case": "mixed"})
+    results = run_ranks("tests/collectives/rank_core.py:gather_matrix", 4,
+                        env=vllm_patched, args={"core": path_of_core})
     assert_all_ok(results)
 
 Each rank is a fresh interpreter started in a new session (setsid), so the
@@ -78,16 +78,29 @@ def run_ranks(
         store = os.path.join(tmp, "store")
         procs, outs = [], []
         for rank in range(world_size):
-            out = open(os.path.join(tmp, f"out{rank}"), "w+")
-            err = open(os.path.join(tmp, f"err{rank}"), "w+")
+            # Open for the ranks' whole life; closed once read, below.
+            out = open(os.path.join(tmp, f"out{rank}"), "w+")  # noqa: SIM115
+            err = open(os.path.join(tmp, f"err{rank}"), "w+")  # noqa: SIM115
             cmd = [
-                sys.executable, str(_HERE), target, str(rank), str(world_size),
-                store, str(hang_s), json.dumps(args or {}),
+                sys.executable,
+                str(_HERE),
+                target,
+                str(rank),
+                str(world_size),
+                store,
+                str(hang_s),
+                json.dumps(args or {}),
             ]
-            procs.append(subprocess.Popen(
-                cmd, env=full_env, stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    env=full_env,
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
             outs.append((out, err))
         codes = _wait(procs, deadline=time.monotonic() + timeout_s)
         results = []
@@ -148,8 +161,7 @@ def _rank_main(argv: list[str]) -> None:
     faulthandler.dump_traceback_later(hang_s, exit=True)
 
     # What torchrun would set: vLLM's external-launcher mode reads them.
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
 
     import datetime
 

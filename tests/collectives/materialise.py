@@ -30,6 +30,7 @@ def materialise_core(dest: Path, repo: Path = REPO) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(
         ["git", "apply", f"--include={CORE_REL}", str(core_patch(repo))],
-        cwd=dest, check=True,
+        cwd=dest,
+        check=True,
     )
     return dest / CORE_REL

@@ -28,7 +28,6 @@ def agrs_barriers(rank: int, world_size: int, scenarios: list) -> None:
     from vllm.distributed.parallel_state import get_dp_group, get_ep_group
     from vllm.forward_context import get_forward_context, set_forward_context
     from vllm.platforms import current_platform
-
     from vllm_groups import dp_ep_groups
 
     sizes = [0] + [r + 2 for r in range(1, world_size)]  # rank 0 has no tokens
@@ -50,22 +49,32 @@ def agrs_barriers(rank: int, world_size: int, scenarios: list) -> None:
                 platform_cls.is_xpu = real_is_xpu
             # Read once: changing the variable afterwards changes nothing.
             os.environ["VLLM_MOE_ALLGATHER_BARRIER"] = "0" if setting == "1" else "1"
-            calls = _run_moe_collectives(manager, config, rank, world_size, sizes, n,
-                                         hidden, experts, topk, get_forward_context,
-                                         set_forward_context)
+            calls = _run_moe_collectives(
+                manager,
+                config,
+                rank,
+                world_size,
+                sizes,
+                n,
+                hidden,
+                experts,
+                topk,
+                get_forward_context,
+                set_forward_context,
+            )
             print(f"barriers {setting} {fake_xpu}: {len(calls)}", flush=True)
             # The barrier is on the device group of the group that gathers.
             assert all(g is get_dp_group().device_group for g in calls), calls
 
 
-def _run_moe_collectives(manager, config, rank, world_size, sizes, n, hidden,
-                         experts, topk, get_forward_context, set_forward_context):
+def _run_moe_collectives(
+    manager, config, rank, world_size, sizes, n, hidden, experts, topk, get_forward_context, set_forward_context
+):
     def local(i, dtype, trailing):
         return cases.make_tensor("agrs", rank, i, n, dtype, trailing)
 
     def everyone(i, dtype, trailing):
-        return torch.cat([cases.make_tensor("agrs", r, i, sizes[r], dtype, trailing)
-                          for r in range(world_size)])
+        return torch.cat([cases.make_tensor("agrs", r, i, sizes[r], dtype, trailing) for r in range(world_size)])
 
     x = cases.int_valued("agrs", rank, n, (hidden,), torch.float32)
     logits = local(1, torch.float32, (experts,))
@@ -81,17 +90,17 @@ def _run_moe_collectives(manager, config, rank, world_size, sizes, n, hidden,
 
     dist.barrier = counting_barrier
     try:
-        with set_forward_context(None, config, num_tokens=n,
-                                 num_tokens_across_dp=torch.tensor(sizes)):
-            with get_forward_context().dp_metadata.sp_local_sizes(1):
-                g_x, g_logits = manager.dispatch_router_logits(x, logits)
-                g_x2, g_w, g_ids = manager.dispatch(x, weights, ids)
-                combined = manager.combine(g_x2)
+        with (
+            set_forward_context(None, config, num_tokens=n, num_tokens_across_dp=torch.tensor(sizes)),
+            get_forward_context().dp_metadata.sp_local_sizes(1),
+        ):
+            g_x, g_logits = manager.dispatch_router_logits(x, logits)
+            g_x2, g_w, g_ids = manager.dispatch(x, weights, ids)
+            combined = manager.combine(g_x2)
     finally:
         dist.barrier = real_barrier
 
-    all_x = torch.cat([cases.int_valued("agrs", r, sizes[r], (hidden,), torch.float32)
-                       for r in range(world_size)])
+    all_x = torch.cat([cases.int_valued("agrs", r, sizes[r], (hidden,), torch.float32) for r in range(world_size)])
     assert cases.bytes_equal(g_x, all_x) and cases.bytes_equal(g_x2, all_x)
     assert cases.bytes_equal(g_logits, everyone(1, torch.float32, (experts,)))
     assert cases.bytes_equal(g_w, everyone(2, torch.float32, (topk,)))

@@ -39,21 +39,18 @@ def make_communicator(kind: str):
         )
     else:
         raise ValueError(kind)
-    return cls(cpu_group=cpu_group, device=torch.device("cpu"),
-               device_group=device_group, unique_name="ep:0")
+    return cls(cpu_group=cpu_group, device=torch.device("cpu"), device_group=device_group, unique_name="ep:0")
 
 
 def _expected_gather(label, spec, sizes, world_size):
     return [
-        torch.cat([cases.make_tensor(label, r, i, sizes[r], cases.dtype_of(dt), tr)
-                   for r in range(world_size)])
+        torch.cat([cases.make_tensor(label, r, i, sizes[r], cases.dtype_of(dt), tr) for r in range(world_size)])
         for i, (dt, tr) in enumerate(spec)
     ]
 
 
 def _check_gather(comm, rank, world_size, label, spec, sizes, max_collectives=1):
-    local = [cases.make_tensor(label, rank, i, sizes[rank], cases.dtype_of(dt), tr)
-             for i, (dt, tr) in enumerate(spec)]
+    local = [cases.make_tensor(label, rank, i, sizes[rank], cases.dtype_of(dt), tr) for i, (dt, tr) in enumerate(spec)]
     expected = _expected_gather(label, spec, sizes, world_size)
     with count_collectives() as calls:
         got = comm.all_gatherv(local, dim=0, sizes=sizes)
@@ -69,12 +66,10 @@ def _check_gather(comm, rank, world_size, label, spec, sizes, max_collectives=1)
     assert len(calls) <= max_collectives, f"{label}: single {calls}"
 
 
-def _check_reduce_scatter(comm, rank, world_size, label, sizes, dtype, trailing,
-                          pass_sizes=True):
+def _check_reduce_scatter(comm, rank, world_size, label, sizes, dtype, trailing, pass_sizes=True):
     inputs, want = cases.reduce_scatter_case(label, rank, world_size, sizes, trailing, dtype)
     with count_collectives() as calls:
-        got = comm.reduce_scatterv(inputs[rank], dim=0,
-                                   sizes=sizes if pass_sizes else None)
+        got = comm.reduce_scatterv(inputs[rank], dim=0, sizes=sizes if pass_sizes else None)
     assert cases.bytes_equal(got, want), f"{label}: {got} != {want}"
     assert len(calls) <= 1, f"{label}: {calls}"
 
@@ -100,12 +95,16 @@ def cpu_first_moe_calls(rank: int, world_size: int) -> None:
     of the MoE output), with uneven sizes."""
     comm = make_communicator("cpu")
     sizes = [r + 1 for r in range(world_size)]
-    report_not_implemented({
-        "all_gatherv": lambda: _check_gather(
-            comm, rank, world_size, "once", cases.DTYPE_MIXES["moe_dispatch"], sizes),
-        "reduce_scatterv": lambda: _check_reduce_scatter(
-            comm, rank, world_size, "once", sizes, torch.float32, (16,)),
-    })
+    report_not_implemented(
+        {
+            "all_gatherv": lambda: _check_gather(
+                comm, rank, world_size, "once", cases.DTYPE_MIXES["moe_dispatch"], sizes
+            ),
+            "reduce_scatterv": lambda: _check_reduce_scatter(
+                comm, rank, world_size, "once", sizes, torch.float32, (16,)
+            ),
+        }
+    )
 
 
 def cpu_all(rank: int, world_size: int) -> None:
@@ -131,9 +130,10 @@ def communicator_matrix(comm, rank: int, world_size: int) -> None:
         # Non-contiguous inputs (e.g. a column slice of router logits).
         sizes = [r + 2 for r in range(world_size)]
         label = f"{mix_name}/noncontig"
-        local = [cases.non_contiguous(
-                     cases.make_tensor(label, rank, i, sizes[rank], cases.dtype_of(dt), tr))
-                 for i, (dt, tr) in enumerate(spec)]
+        local = [
+            cases.non_contiguous(cases.make_tensor(label, rank, i, sizes[rank], cases.dtype_of(dt), tr))
+            for i, (dt, tr) in enumerate(spec)
+        ]
         got = comm.all_gatherv(local, dim=0, sizes=sizes)
         for i, (g, e) in enumerate(zip(got, _expected_gather(label, spec, sizes, world_size))):
             assert cases.bytes_equal(g, e), f"{label}: tensor {i}"
@@ -145,12 +145,20 @@ def reduce_scatter_matrix(comm, rank: int, world_size: int) -> None:
     for size_name, sizes in cases.sizes_cases(world_size).items():
         for dt in ("float32", "bfloat16", "float16"):
             for trailing in ((16,), (2, 3)):
-                _check_reduce_scatter(comm, rank, world_size, f"rs/{size_name}/{dt}",
-                                      sizes, cases.dtype_of(dt), trailing)
+                _check_reduce_scatter(
+                    comm, rank, world_size, f"rs/{size_name}/{dt}", sizes, cases.dtype_of(dt), trailing
+                )
                 if len(set(sizes)) == 1:
-                    _check_reduce_scatter(comm, rank, world_size,
-                                          f"rs/{size_name}/{dt}/none", sizes,
-                                          cases.dtype_of(dt), trailing, pass_sizes=False)
+                    _check_reduce_scatter(
+                        comm,
+                        rank,
+                        world_size,
+                        f"rs/{size_name}/{dt}/none",
+                        sizes,
+                        cases.dtype_of(dt),
+                        trailing,
+                        pass_sizes=False,
+                    )
 
 
 def cpu_through_vllm_groups(rank: int, world_size: int) -> None:
@@ -158,7 +166,6 @@ def cpu_through_vllm_groups(rank: int, world_size: int) -> None:
     on, gloo, external-launcher style (no engine); the DP and EP groups'
     GroupCoordinator dispatches to the CpuCommunicator vLLM built itself."""
     from vllm.distributed.parallel_state import get_dp_group, get_ep_group
-
     from vllm_groups import dp_ep_groups
 
     # The world process group exists already (gloo_ranks made it).
@@ -167,10 +174,10 @@ def cpu_through_vllm_groups(rank: int, world_size: int) -> None:
         for group in (get_dp_group(), get_ep_group()):
             comm = group.device_communicator
             assert type(comm).__name__ == "CpuCommunicator", type(comm)
-            _check_gather(group, rank, world_size, f"vllm/{group.unique_name}",
-                          cases.DTYPE_MIXES["moe_dispatch"], sizes)
-            _check_reduce_scatter(group, rank, world_size, f"vllm/{group.unique_name}",
-                                  sizes, torch.float32, (16,))
+            _check_gather(
+                group, rank, world_size, f"vllm/{group.unique_name}", cases.DTYPE_MIXES["moe_dispatch"], sizes
+            )
+            _check_reduce_scatter(group, rank, world_size, f"vllm/{group.unique_name}", sizes, torch.float32, (16,))
 
 
 # --------------------------------------------------------------- XPU (0005, 0006)
@@ -188,8 +195,7 @@ def xpu_uniform_gather(rank: int, world_size: int) -> None:
     comm = _xpu_communicator(world_size)
     for pass_sizes in (None, [3] * world_size):
         local = cases.make_tensor("xpu_uniform", rank, 0, 3, torch.float32, (16,))
-        want = torch.cat([cases.make_tensor("xpu_uniform", r, 0, 3, torch.float32, (16,))
-                          for r in range(world_size)])
+        want = torch.cat([cases.make_tensor("xpu_uniform", r, 0, 3, torch.float32, (16,)) for r in range(world_size)])
         with count_collectives() as calls:
             got = comm.all_gatherv(local, dim=0, sizes=pass_sizes)
         assert cases.bytes_equal(got, want), f"sizes={pass_sizes}: wrong gather"
@@ -202,8 +208,7 @@ def xpu_list_gather_one_collective(rank: int, world_size: int) -> None:
     comm = _xpu_communicator(world_size)
     spec = cases.DTYPE_MIXES["moe_dispatch"]
     sizes = [4] * world_size
-    local = [cases.make_tensor("xpu_list", rank, i, 4, cases.dtype_of(dt), tr)
-             for i, (dt, tr) in enumerate(spec)]
+    local = [cases.make_tensor("xpu_list", rank, i, 4, cases.dtype_of(dt), tr) for i, (dt, tr) in enumerate(spec)]
     with count_collectives() as calls:
         got = comm.all_gatherv(local, dim=0, sizes=sizes)
     print(f"collectives: {len(calls)}", flush=True)
@@ -218,8 +223,7 @@ def xpu_all(rank: int, world_size: int) -> None:
     uneven branches: padded reduce_scatter_tensor (process does not see every
     device) and list reduce_scatter (it does)."""
     communicator_matrix(_xpu_communicator(world_size), rank, world_size)
-    communicator_matrix(_xpu_communicator(world_size, sees_all_devices=True), rank,
-                        world_size)
+    communicator_matrix(_xpu_communicator(world_size, sees_all_devices=True), rank, world_size)
 
 
 def xpu_reduce_scatterv_branches(rank: int, world_size: int) -> None:
@@ -227,5 +231,4 @@ def xpu_reduce_scatterv_branches(rank: int, world_size: int) -> None:
     per-rank splits) give exact sums with one collective. Reviewed for the
     all_gatherv kind of mistake: this holds on pristine vLLM too."""
     reduce_scatter_matrix(_xpu_communicator(world_size), rank, world_size)
-    reduce_scatter_matrix(_xpu_communicator(world_size, sees_all_devices=True), rank,
-                          world_size)
+    reduce_scatter_matrix(_xpu_communicator(world_size, sees_all_devices=True), rank, world_size)

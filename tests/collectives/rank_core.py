@@ -20,10 +20,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 import cases  # noqa: E402
 
 _COLLECTIVES = (
-    "all_gather", "all_gather_into_tensor", "all_gather_single", "_all_gather_base",
-    "all_reduce", "reduce_scatter", "reduce_scatter_tensor", "reduce_scatter_single",
-    "_reduce_scatter_base", "broadcast", "barrier", "all_to_all", "all_to_all_single",
-    "gather", "scatter", "send", "recv",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_single",
+    "_all_gather_base",
+    "all_reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "reduce_scatter_single",
+    "_reduce_scatter_base",
+    "broadcast",
+    "barrier",
+    "all_to_all",
+    "all_to_all_single",
+    "gather",
+    "scatter",
+    "send",
+    "recv",
 )
 
 
@@ -56,7 +69,7 @@ def count_collectives():
 
 
 def as_device(device: str, rank: int) -> torch.device:
-    """"cpu", or "cuda": this rank's GPU (LOCAL_RANK under torchrun)."""
+    """ "cpu", or "cuda": this rank's GPU (LOCAL_RANK under torchrun)."""
     if device == "cpu":
         return torch.device("cpu")
     index = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
@@ -85,14 +98,12 @@ def reference_list_path(tensors, sizes, group, world_size):
 
 def _expected(mix_name, spec, sizes, world_size):
     return [
-        torch.cat([cases.make_tensor(mix_name, r, i, sizes[r], cases.dtype_of(dt), tr)
-                   for r in range(world_size)])
+        torch.cat([cases.make_tensor(mix_name, r, i, sizes[r], cases.dtype_of(dt), tr) for r in range(world_size)])
         for i, (dt, tr) in enumerate(spec)
     ]
 
 
-def gather_matrix(rank: int, world_size: int, core: str, noncontig: bool = False,
-                  device: str = "cpu") -> None:
+def gather_matrix(rank: int, world_size: int, core: str, noncontig: bool = False, device: str = "cpu") -> None:
     """Every dtype mix x every size pattern: packed == expected == list path,
     byte for byte, with exactly one collective per call."""
     mod = load_core(core)
@@ -104,24 +115,24 @@ def gather_matrix(rank: int, world_size: int, core: str, noncontig: bool = False
             continue
         for size_name, sizes in cases.sizes_cases(world_size).items():
             label = f"{mix_name}/{size_name}/{'noncontig' if noncontig else 'contig'}"
-            local = [cases.make_tensor(mix_name, rank, i, sizes[rank],
-                                       cases.dtype_of(dt), tr).to(dev)
-                     for i, (dt, tr) in enumerate(spec)]
+            local = [
+                cases.make_tensor(mix_name, rank, i, sizes[rank], cases.dtype_of(dt), tr).to(dev)
+                for i, (dt, tr) in enumerate(spec)
+            ]
             if noncontig:
                 local = [cases.non_contiguous(t) for t in local]
             expected = _expected(mix_name, spec, sizes, world_size)
             uniform = len(set(sizes)) == 1
-            for pass_sizes in ([None, sizes] if uniform else [sizes]):
+            for pass_sizes in [None, sizes] if uniform else [sizes]:
                 with count_collectives() as calls:
-                    got = mod.all_gatherv_packed(local, pass_sizes, group, rank,
-                                                 world_size)
+                    got = mod.all_gatherv_packed(local, pass_sizes, group, rank, world_size)
                 want_calls = 0 if sum(sizes) == 0 else 1
                 assert len(calls) == want_calls, f"{label}: collectives {calls}"
                 assert len(got) == len(expected), label
                 for i, (g, e) in enumerate(zip(got, expected)):
                     assert cases.bytes_equal(g, e), (
-                        f"{label}: tensor {i} differs: got {g.dtype}{tuple(g.shape)}"
-                        f" want {e.dtype}{tuple(e.shape)}")
+                        f"{label}: tensor {i} differs: got {g.dtype}{tuple(g.shape)} want {e.dtype}{tuple(e.shape)}"
+                    )
                     assert g.is_contiguous(), f"{label}: tensor {i} not contiguous"
             if sum(sizes):
                 ref = reference_list_path(local, sizes, group, world_size)
@@ -132,16 +143,18 @@ def gather_matrix(rank: int, world_size: int, core: str, noncontig: bool = False
     print(f"rank {rank}: {checked} gather cases ok")
 
 
-def gather_large(rank: int, world_size: int, core: str, rows: int = 1024,
-                 hidden: int = 4096, device: str = "cpu") -> None:
+def gather_large(
+    rank: int, world_size: int, core: str, rows: int = 1024, hidden: int = 4096, device: str = "cpu"
+) -> None:
     """Large, uneven MoE-dispatch-like payload (bf16 [T,H] + fp32 + int32)."""
     mod = load_core(core)
     dev = as_device(device, rank)
     spec = [("bfloat16", (hidden,)), ("float32", (8,)), ("int32", (8,))]
     sizes = [rows - 7 * r for r in range(world_size)]
-    local = [cases.make_tensor("large", rank, i, sizes[rank], cases.dtype_of(dt),
-                               tr).to(dev)
-             for i, (dt, tr) in enumerate(spec)]
+    local = [
+        cases.make_tensor("large", rank, i, sizes[rank], cases.dtype_of(dt), tr).to(dev)
+        for i, (dt, tr) in enumerate(spec)
+    ]
     with count_collectives() as calls:
         got = mod.all_gatherv_packed(local, sizes, dist.group.WORLD, rank, world_size)
     assert len(calls) == 1, calls
@@ -166,8 +179,7 @@ def gather_errors(rank: int, world_size: int, core: str, device: str = "cpu") ->
         assert calls == []
 
 
-def reduce_scatter_matrix(rank: int, world_size: int, core: str,
-                          device: str = "cpu") -> None:
+def reduce_scatter_matrix(rank: int, world_size: int, core: str, device: str = "cpu") -> None:
     """reduce_scatterv_single, both strategies, every size pattern and float
     / int dtypes: exact sums (small integers), one collective per call."""
     mod = load_core(core)
@@ -179,19 +191,16 @@ def reduce_scatter_matrix(rank: int, world_size: int, core: str,
             dtype = cases.dtype_of(dt)
             for trailing in ((16,), (), (2, 3)):
                 label = f"{size_name}/{dt}/{trailing}"
-                inputs, want = cases.reduce_scatter_case(label, rank, world_size, sizes,
-                                                         trailing, dtype)
+                inputs, want = cases.reduce_scatter_case(label, rank, world_size, sizes, trailing, dtype)
                 local = inputs[rank].to(dev)
                 for native in (True, False):
-                    for pass_sizes in ([None, sizes] if len(set(sizes)) == 1 else [sizes]):
+                    for pass_sizes in [None, sizes] if len(set(sizes)) == 1 else [sizes]:
                         before = local.clone()
                         with count_collectives() as calls:
-                            got = mod.reduce_scatterv_single(
-                                local, pass_sizes, group, rank, world_size, native)
+                            got = mod.reduce_scatterv_single(local, pass_sizes, group, rank, world_size, native)
                         want_calls = 0 if local.numel() == 0 else 1
                         assert len(calls) == want_calls, f"{label}: {calls}"
-                        assert cases.bytes_equal(got, want), (
-                            f"{label} native={native}: {got} != {want}")
+                        assert cases.bytes_equal(got, want), f"{label} native={native}: {got} != {want}"
                         assert torch.equal(local, before), f"{label}: input modified"
                 checked += 1
     print(f"rank {rank}: {checked} reduce-scatter cases ok")
@@ -199,10 +208,31 @@ def reduce_scatter_matrix(rank: int, world_size: int, core: str,
 
 # Aten ops that neither launch a kernel nor move data.
 _NO_KERNEL = {
-    "empty", "empty_strided", "new_empty", "new_empty_strided", "view", "_unsafe_view",
-    "reshape", "slice", "as_strided", "alias", "detach", "t", "transpose", "select",
-    "split", "split_with_sizes", "narrow", "unsqueeze", "squeeze", "expand",
-    "view_as", "_reshape_alias", "lift_fresh", "contiguous", "is_contiguous",
+    "empty",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "slice",
+    "as_strided",
+    "alias",
+    "detach",
+    "t",
+    "transpose",
+    "select",
+    "split",
+    "split_with_sizes",
+    "narrow",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "view_as",
+    "_reshape_alias",
+    "lift_fresh",
+    "contiguous",
+    "is_contiguous",
 }
 
 
@@ -225,8 +255,9 @@ def kernel_count(rank: int, world_size: int, core: str, device: str = "cpu") -> 
     sizes = [r + 2 for r in range(world_size)]
     spec = [("bfloat16", (64,)), ("float32", (8,)), ("int32", (8,))]
     dev = as_device(device, rank)
-    local = [cases.make_tensor("k", rank, i, sizes[rank], cases.dtype_of(dt), tr).to(dev)
-             for i, (dt, tr) in enumerate(spec)]
+    local = [
+        cases.make_tensor("k", rank, i, sizes[rank], cases.dtype_of(dt), tr).to(dev) for i, (dt, tr) in enumerate(spec)
+    ]
     for pass_sizes in (sizes, None):
         if pass_sizes is None:
             local = [t[:2] for t in local]  # uniform: 2 rows everywhere
@@ -235,6 +266,5 @@ def kernel_count(rank: int, world_size: int, core: str, device: str = "cpu") -> 
             mod.all_gatherv_packed(local, pass_sizes, dist.group.WORLD, rank, world_size)
         kernels = [op for op in log.ops if op not in _NO_KERNEL]
         compute = [op for op in kernels if not op.startswith(("_allgather", "allgather"))]
-        assert compute == ["cat", "cat"], (
-            f"expected one cat in, one cat out: {kernels} (all ops: {log.ops})")
+        assert compute == ["cat", "cat"], f"expected one cat in, one cat out: {kernels} (all ops: {log.ops})"
         assert len(kernels) == 3, kernels

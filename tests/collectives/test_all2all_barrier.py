@@ -18,7 +18,7 @@ RANK_ALL2ALL = str(Path(__file__).parent / "rank_all2all.py")
 SCENARIOS = [
     ("1", False, 3),
     ("0", False, 0),
-    (None, False, 0),   # default "auto" on CPU: off
+    (None, False, 0),  # default "auto" on CPU: off
     ("auto", False, 0),
     ("auto", True, 3),  # "auto" on XPU: on
     ("0", True, 0),
@@ -26,9 +26,13 @@ SCENARIOS = [
 
 
 def _run(env, scenarios):
-    results = run_ranks(f"{RANK_ALL2ALL}:agrs_barriers", 2, env=env,
-                        args={"scenarios": [[s, x] for s, x, _ in scenarios]},
-                        timeout_s=240)
+    results = run_ranks(
+        f"{RANK_ALL2ALL}:agrs_barriers",
+        2,
+        env=env,
+        args={"scenarios": [[s, x] for s, x, _ in scenarios]},
+        timeout_s=240,
+    )
     return results
 
 

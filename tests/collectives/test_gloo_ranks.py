@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from gloo_ranks import describe, run_ranks
 
 CHECKS = str(Path(__file__).parent / "rank_launcher_checks.py")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from gloo_ranks import assert_all_ok, run_ranks
 
 RANK_CORE = str(Path(__file__).parent / "rank_core.py")
@@ -19,8 +18,7 @@ WORLD_SIZES = [2, 4]
 
 
 def _run(fn: str, world_size: int, core: str, timeout_s: float = 180, **args):
-    assert_all_ok(run_ranks(f"{RANK_CORE}:{fn}", world_size,
-                            args={"core": core, **args}, timeout_s=timeout_s))
+    assert_all_ok(run_ranks(f"{RANK_CORE}:{fn}", world_size, args={"core": core, **args}, timeout_s=timeout_s))
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from gloo_ranks import assert_all_ok, describe, run_ranks
 
 RANK_COMM = str(Path(__file__).parent / "rank_comm.py")
@@ -25,8 +24,7 @@ def test_uniform_all_gatherv_pristine_fails(vllm_pristine):
     results = _run("xpu_uniform_gather", 2, vllm_pristine)
     for r in results:
         assert not r.ok, describe(results)
-        assert "invalid output tensor list at index 0 (expected length 2, got 1)" \
-            in r.stderr, describe(results)
+        assert "invalid output tensor list at index 0 (expected length 2, got 1)" in r.stderr, describe(results)
 
 
 def test_uniform_all_gatherv_patched(vllm_patched):

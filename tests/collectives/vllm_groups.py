@@ -18,11 +18,15 @@ def dp_ep_groups(rank: int, world_size: int):
     )
 
     os.environ.setdefault("VLLM_DIST_IDENT", "collectives-test")
-    config = VllmConfig(parallel_config=ParallelConfig(
-        data_parallel_size=world_size, data_parallel_rank=rank,
-        enable_expert_parallel=True, distributed_executor_backend="external_launcher"))
+    config = VllmConfig(
+        parallel_config=ParallelConfig(
+            data_parallel_size=world_size,
+            data_parallel_rank=rank,
+            enable_expert_parallel=True,
+            distributed_executor_backend="external_launcher",
+        )
+    )
     with set_current_vllm_config(config):
-        init_distributed_environment(world_size=world_size, rank=rank,
-                                     local_rank=rank, backend="gloo")
+        init_distributed_environment(world_size=world_size, rank=rank, local_rank=rank, backend="gloo")
         initialize_model_parallel(1, 1)
         yield config

@@ -34,10 +34,18 @@ PAUSE_S = 3.0
 
 
 def _complete(url: str, model: str, max_tokens: int, timeout_s: float) -> int:
-    out = soak_client.call(url, "/v1/completions", {
-        "model": model, "prompt": PROMPT, "max_tokens": max_tokens,
-        "temperature": 0.0, "ignore_eos": True,
-    }, timeout=timeout_s)
+    out = soak_client.call(
+        url,
+        "/v1/completions",
+        {
+            "model": model,
+            "prompt": PROMPT,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+        },
+        timeout=timeout_s,
+    )
     return out["usage"]["completion_tokens"]
 
 

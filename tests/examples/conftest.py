@@ -37,9 +37,22 @@ def offline_reference(example_env, tiny_moe, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     ref, log = out / "ref.json", out / "dp1.log"
     outcome = torchrun_example(
-        example_env, 1,
-        ["--device", "cpu", "--dp", "1", "--tp", "1", "--model", str(tiny_moe),
-         "--dtype", "float32", "--save", str(ref)],
+        example_env,
+        1,
+        [
+            "--device",
+            "cpu",
+            "--dp",
+            "1",
+            "--tp",
+            "1",
+            "--model",
+            str(tiny_moe),
+            "--dtype",
+            "float32",
+            "--save",
+            str(ref),
+        ],
         log,
     )
     assert outcome.ok, outcome.describe()

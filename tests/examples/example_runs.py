@@ -21,16 +21,19 @@ RUN_TIMEOUT_S = 300
 
 def verdict(log: Path) -> str:
     """The example's last 'VERDICT: ...' line, or '' if it printed none."""
-    lines = [l for l in log.read_text(errors="replace").splitlines() if l.startswith("VERDICT:")]
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("VERDICT:")]
     return lines[-1] if lines else ""
 
 
 def torchrun_example(env: dict, nproc: int, args: list[str], log: Path) -> procs.Outcome:
     """Run the offline example under torchrun in its own session, bounded."""
     argv = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-        str(OFFLINE), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        str(OFFLINE),
+        *args,
     ]
-    return procs.run_group(f"torchrun x{nproc}", [procs.ProcSpec("torchrun", argv, env, log)],
-                           timeout_s=RUN_TIMEOUT_S)
+    return procs.run_group(f"torchrun x{nproc}", [procs.ProcSpec("torchrun", argv, env, log)], timeout_s=RUN_TIMEOUT_S)

@@ -59,11 +59,21 @@ class FakeServer:
             def do_POST(self):
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 ids, lp = reply(req["prompt"])
-                self._send({"choices": [{"text": "x" * len(ids), "logprobs": {
-                    "tokens": [f"token_id:{t}" for t in ids],
-                    "token_logprobs": [lp] * len(ids),
-                    "top_logprobs": [{f"token_id:{t}": lp, "token_id:999": -3.0} for t in ids],
-                }}], "usage": {"completion_tokens": usage(req) if usage else len(ids)}})
+                self._send(
+                    {
+                        "choices": [
+                            {
+                                "text": "x" * len(ids),
+                                "logprobs": {
+                                    "tokens": [f"token_id:{t}" for t in ids],
+                                    "token_logprobs": [lp] * len(ids),
+                                    "top_logprobs": [{f"token_id:{t}": lp, "token_id:999": -3.0} for t in ids],
+                                },
+                            }
+                        ],
+                        "usage": {"completion_tokens": usage(req) if usage else len(ids)},
+                    }
+                )
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -89,26 +99,32 @@ GOOD = _Good()
 @pytest.fixture
 def reference(tmp_path):
     path = tmp_path / "ref.json"
-    path.write_text(json.dumps({"prompts": [
-        {"index": i, "prompt": p, **answer(GOOD[p])} for i, p in enumerate(PROMPTS)
-    ]}))
+    path.write_text(
+        json.dumps({"prompts": [{"index": i, "prompt": p, **answer(GOOD[p])} for i, p in enumerate(PROMPTS)]})
+    )
     return path
 
 
 def run_client(url, *args):
-    res = subprocess.run([sys.executable, str(CLIENT), "--url", url, "--num-requests", "6",
-                          "--concurrency", "3", *args],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(CLIENT), "--url", url, "--num-requests", "6", "--concurrency", "3", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return res.returncode, res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case, reply, expect", [
-    ("matching", lambda p: (GOOD[p], -0.5), "VERDICT: PASS 6/6 answers matched"),
-    ("nan", lambda p: (GOOD[p], math.nan), "VERDICT: FAIL 0/6"),
-    ("bangs", lambda p: ([0, 0, 0, 0], -0.1), "VERDICT: FAIL 0/6"),
-    ("one wrong token", lambda p: (GOOD[p][:2] + [77] + GOOD[p][3:], -0.5), "VERDICT: FAIL 0/6"),
-])
+@pytest.mark.parametrize(
+    "case, reply, expect",
+    [
+        ("matching", lambda p: (GOOD[p], -0.5), "VERDICT: PASS 6/6 answers matched"),
+        ("nan", lambda p: (GOOD[p], math.nan), "VERDICT: FAIL 0/6"),
+        ("bangs", lambda p: ([0, 0, 0, 0], -0.1), "VERDICT: FAIL 0/6"),
+        ("one wrong token", lambda p: (GOOD[p][:2] + [77] + GOOD[p][3:], -0.5), "VERDICT: FAIL 0/6"),
+    ],
+)
 def test_client_verdicts(case, reply, expect, reference):
     server = FakeServer(reply)
     try:
@@ -139,8 +155,12 @@ def test_client_unreachable_server_is_one_line_error():
 
 
 def run_soak(url, *args):
-    res = subprocess.run([sys.executable, str(SOAK), "--url", url, "--rate", "20", "--pause-every", "1",
-                          "--pause", "0.3", *args], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(SOAK), "--url", url, "--rate", "20", "--pause-every", "1", "--pause", "0.3", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return res.returncode, res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr
 
 
@@ -148,16 +168,25 @@ def slow(seconds):
     def reply(prompt):
         time.sleep(seconds)
         return GOOD[prompt], -0.5
+
     return reply
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case, reply, usage, args, expect", [
-    ("all tokens", lambda p: (GOOD[p], -0.5), lambda r: r["max_tokens"], ["--seconds", "2"], "VERDICT: PASS"),
-    ("short answers", lambda p: (GOOD[p], -0.5), lambda r: r["max_tokens"] - 1,
-     ["--seconds", "2", "--lengths", "4"], "VERDICT: FAIL"),
-    ("never answers", slow(30), None, ["--seconds", "1", "--timeout", "2"], "VERDICT: FAIL"),
-])
+@pytest.mark.parametrize(
+    "case, reply, usage, args, expect",
+    [
+        ("all tokens", lambda p: (GOOD[p], -0.5), lambda r: r["max_tokens"], ["--seconds", "2"], "VERDICT: PASS"),
+        (
+            "short answers",
+            lambda p: (GOOD[p], -0.5),
+            lambda r: r["max_tokens"] - 1,
+            ["--seconds", "2", "--lengths", "4"],
+            "VERDICT: FAIL",
+        ),
+        ("never answers", slow(30), None, ["--seconds", "1", "--timeout", "2"], "VERDICT: FAIL"),
+    ],
+)
 def test_soak_verdicts(case, reply, usage, args, expect):
     server = FakeServer(reply, usage)
     try:

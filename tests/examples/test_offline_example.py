@@ -16,10 +16,26 @@ def test_offline_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tm
     log = tmp_path / "dp2.log"
     out = tmp_path / "dp2.json"
     outcome = torchrun_example(
-        example_env, 2,
-        ["--device", "cpu", "--dp", "2", "--tp", "1", "--model", str(tiny_moe),
-         "--dtype", "float32", "--split", "uneven",
-         "--reference", str(offline_reference), "--save", str(out)],
+        example_env,
+        2,
+        [
+            "--device",
+            "cpu",
+            "--dp",
+            "2",
+            "--tp",
+            "1",
+            "--model",
+            str(tiny_moe),
+            "--dtype",
+            "float32",
+            "--split",
+            "uneven",
+            "--reference",
+            str(offline_reference),
+            "--save",
+            str(out),
+        ],
         log,
     )
     assert outcome.ok, outcome.describe()
@@ -39,7 +55,10 @@ def test_offline_example_refuses_wrong_world_size(example_env, tmp_path):
     env = dict(example_env, RANK="0", LOCAL_RANK="0", WORLD_SIZE="2")
     res = subprocess.run(
         [sys.executable, str(OFFLINE), "--device", "cpu", "--dp", "2", "--tp", "2"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 2
     assert "torchrun started 2 processes but --dp 2 x --tp 2 needs 4" in res.stderr

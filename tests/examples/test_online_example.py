@@ -33,8 +33,7 @@ def serving(env: dict, model: Path, tmp_path: Path):
     ledger_dir = tmp_path / "ledger"
     env = dict(env, DP="2", PORT=str(port), VLLM_EPDP_LEDGER=str(ledger_dir))
     server_log = tmp_path / "serve.log"
-    spec = procs.ProcSpec("serve", ["bash", str(SERVE_CPU), str(model), "--dtype", "float32"],
-                          env, server_log)
+    spec = procs.ProcSpec("serve", ["bash", str(SERVE_CPU), str(model), "--dtype", "float32"], env, server_log)
     with procs.ProcGroup("vllm serve dp=2 ep", [spec], timeout_s=RUN_TIMEOUT_S) as group:
         yield f"http://127.0.0.1:{port}", group, server_log, ledger_dir
     assert not group.members(), "processes left behind after the server was stopped"
@@ -48,28 +47,65 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
         try:
             with open(client_log, "w") as log:
                 res = subprocess.run(
-                    [sys.executable, str(CLIENT), "--url", url,
-                     "--wait", "240", "--timeout", "120", "--num-requests", "16",
-                     "--concurrency", "8", "--reference", str(offline_reference)],
-                    stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S,
+                    [
+                        sys.executable,
+                        str(CLIENT),
+                        "--url",
+                        url,
+                        "--wait",
+                        "240",
+                        "--timeout",
+                        "120",
+                        "--num-requests",
+                        "16",
+                        "--concurrency",
+                        "8",
+                        "--reference",
+                        str(offline_reference),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=RUN_TIMEOUT_S,
                 )
         except subprocess.TimeoutExpired:
-            pytest.fail("client timed out; server stacks:\n" + group.dump_stacks()
-                        + "\n" + procs.log_tail(server_log, 40))
+            pytest.fail(
+                "client timed out; server stacks:\n" + group.dump_stacks() + "\n" + procs.log_tail(server_log, 40)
+            )
         served = arrivals.run(url, timeout_s=60) if res.returncode == 0 else None
         if served is not None and served != arrivals.expected():
-            pytest.fail(f"arrivals: {served}; server stacks:\n" + group.dump_stacks()
-                        + "\n" + procs.log_tail(server_log, 40))
+            pytest.fail(
+                f"arrivals: {served}; server stacks:\n" + group.dump_stacks() + "\n" + procs.log_tail(server_log, 40)
+            )
         if served is not None:
             # The soak example, briefly: random arrivals and two pauses.
             soak = subprocess.run(
-                [sys.executable, str(SOAK), "--url", url, "--seconds", "10", "--rate", "3",
-                 "--pause-every", "4", "--pause", "1.5", "--timeout", "60"],
-                capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                [
+                    sys.executable,
+                    str(SOAK),
+                    "--url",
+                    url,
+                    "--seconds",
+                    "10",
+                    "--rate",
+                    "3",
+                    "--pause-every",
+                    "4",
+                    "--pause",
+                    "1.5",
+                    "--timeout",
+                    "60",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT_S,
             )
             if soak.returncode != 0:
-                pytest.fail(f"soak: {soak.stdout[-2000:]}{soak.stderr[-2000:]}; server stacks:\n"
-                            + group.dump_stacks() + "\n" + procs.log_tail(server_log, 40))
+                pytest.fail(
+                    f"soak: {soak.stdout[-2000:]}{soak.stderr[-2000:]}; server stacks:\n"
+                    + group.dump_stacks()
+                    + "\n"
+                    + procs.log_tail(server_log, 40)
+                )
         quiet = served is not None and arrivals.wait_quiet(ledger_dir)
         alive = group.exited()["serve"] is None
     text = client_log.read_text(errors="replace")

@@ -9,6 +9,7 @@ and the test wants a hard timeout around the whole thing.
 
 import json
 import sys
+from pathlib import Path
 
 
 def main() -> None:
@@ -16,11 +17,9 @@ def main() -> None:
 
     model, dtype, out, prompts_file, max_tokens = sys.argv[1:6]
     extra = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
-    prompts = json.loads(open(prompts_file).read())
+    prompts = json.loads(Path(prompts_file).read_text())
     llm = LLM(model=model, dtype=dtype, enforce_eager=True, max_model_len=256, seed=0, **extra)
-    params = SamplingParams(
-        temperature=0.0, max_tokens=int(max_tokens), ignore_eos=True, logprobs=1
-    )
+    params = SamplingParams(temperature=0.0, max_tokens=int(max_tokens), ignore_eos=True, logprobs=1)
     results = []
     for req in llm.generate(prompts, params):
         comp = req.outputs[0]

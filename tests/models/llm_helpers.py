@@ -72,10 +72,16 @@ def vllm_generate(
         VLLM_CPU_OMP_THREADS_BIND=cpu_bind(n_ranks),
         HF_HUB_OFFLINE="1",
     )
-    argv = [sys.executable, str(HERE / "generate_worker.py"), str(model_dir), dtype,
-            str(out), str(prompts), str(MAX_TOKENS), json.dumps(llm_kwargs or {})]
-    outcome = run_group(
-        "vllm-generate", [ProcSpec("llm", argv, env, tmp_path / "llm.log")], timeout_s=timeout_s
-    )
+    argv = [
+        sys.executable,
+        str(HERE / "generate_worker.py"),
+        str(model_dir),
+        dtype,
+        str(out),
+        str(prompts),
+        str(MAX_TOKENS),
+        json.dumps(llm_kwargs or {}),
+    ]
+    outcome = run_group("vllm-generate", [ProcSpec("llm", argv, env, tmp_path / "llm.log")], timeout_s=timeout_s)
     assert outcome.ok, outcome.describe(log_lines=60)
     return json.loads(out.read_text())

@@ -1,7 +1,7 @@
 """Tiny models: deterministic cached builds, loadable by transformers and vLLM.
 
-The e2e tests start one real vLLM engine each (~35 s); run them under
-`flock /work/scratch/e2e.lock` on a shared machine.
+The e2e tests start one real vLLM engine each (~35 s); on a machine that
+others share, run them one suite at a time.
 """
 
 from __future__ import annotations
@@ -74,9 +74,7 @@ def test_config_and_tokenizer(moe_model, next_model):
     text = "Hello, world! The quick brown fox 42."
     ids = tok(text).input_ids
     assert tok.decode(ids) == text and len(ids) < len(text) / 2
-    chat = tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
-    )
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 

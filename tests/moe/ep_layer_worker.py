@@ -168,9 +168,7 @@ def main() -> None:
         init_distributed_environment(
             world_size=WORLD,
             rank=RANK,
-            distributed_init_method=(
-                f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-            ),
+            distributed_init_method=(f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"),
             local_rank=RANK,
             backend="gloo",
         )
@@ -188,8 +186,11 @@ def main() -> None:
                 if ran is not chosen:
                     # The layer is not one this class takes (the arch-specific
                     # kernels need bf16): vLLM fell back, already covered.
-                    print(f"rank {RANK} {dtype}: {chosen.__name__} does not take it, "
-                          f"vLLM chose {ran.__name__}", file=sys.stderr, flush=True)
+                    print(
+                        f"rank {RANK} {dtype}: {chosen.__name__} does not take it, vLLM chose {ran.__name__}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     continue
                 emap = routed.expert_map
                 info = {

@@ -40,8 +40,7 @@ PORTABLE, AMX = "CPUUnquantizedExperts", "X86CPUUnquantizedExperts"
 BUILD = {"amx": "_C", "avx512_bf16": "_C", "avx512": "_C_AVX512", "avx2": "_C_AVX2"}
 # avx512_bf16 loads the same build as amx, and the amx run already runs the
 # portable class on it: one run per build is enough.
-LEVELS = [lv for lv in cpu_isa.runnable_levels()
-          if not (lv == "avx512_bf16" and cpu_isa.native_level() == "amx")]
+LEVELS = [lv for lv in cpu_isa.runnable_levels() if not (lv == "avx512_bf16" and cpu_isa.native_level() == "amx")]
 
 
 def classes_at(level: str) -> set[str]:
@@ -58,8 +57,9 @@ def run_ep_layer(env: dict, tmp_path: Path, **choice: str):
     killed at the end); return the outcome and each rank's results ({} if
     it wrote none). choice: EPDP_* settings of ep_layer_worker.py."""
     env = {**env, **{f"EPDP_{k.upper()}": v for k, v in choice.items()}}
-    return run_ranks(HERE / "ep_layer_worker.py", WORLD, tmp_path, env=env, timeout_s=240,
-                     result_suffix=".pt", load=torch.load)
+    return run_ranks(
+        HERE / "ep_layer_worker.py", WORLD, tmp_path, env=env, timeout_s=240, result_suffix=".pt", load=torch.load
+    )
 
 
 def errors(results) -> dict[str, float]:
@@ -135,8 +135,12 @@ print(json.dumps({"tok": tok.tolist(), "ids": rid.tolist(), "w": rw.flatten().to
 
 def test_local_expert_pairs_drops_remote_and_negative_ids(vllm_patched):
     res = subprocess.run(
-        [sys.executable, "-c", UNIT], env=vllm_patched, capture_output=True,
-        text=True, timeout=120, start_new_session=True,
+        [sys.executable, "-c", UNIT],
+        env=vllm_patched,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
@@ -164,9 +168,13 @@ def test_tp2_ep_engine_matches_transformers(vllm_patched, tmp_path):
 
     model = tiny_models.build_qwen3_moe(tmp_path / "qwen3-moe")
     got = vllm_generate(
-        model, "float32", vllm_patched, tmp_path,
+        model,
+        "float32",
+        vllm_patched,
+        tmp_path,
         llm_kwargs={"tensor_parallel_size": 2, "enable_expert_parallel": True},
-        n_ranks=2, timeout_s=420,
+        n_ranks=2,
+        timeout_s=420,
     )
     log = (tmp_path / "llm.log").read_text()
     assert "Local/global number of experts: 4/8" in log

@@ -5,7 +5,6 @@ ledger on, through vllm_epdp.verify.rank. Used by the idle-rank experiments."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -48,8 +47,10 @@ def run_schedule(
     port = free_port()
     base = dict(env)
     base.update(
-        VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-        VLLM_CPU_OMP_THREADS_BIND="0|1", HF_HUB_OFFLINE="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+        VLLM_CPU_OMP_THREADS_BIND="0|1",
+        HF_HUB_OFFLINE="1",
         VLLM_EPDP_LEDGER=str(workdir / "ledger"),
     )
     if nan_watch:
@@ -72,9 +73,16 @@ def run_schedule(
     specs = []
     for rank in range(len(waves)):
         spec = {
-            "model": str(model), "dtype": "float32", "tp": 1, "dp": len(waves),
-            "dp_rank": rank, "ep": ep, "launcher": "mp", "max_model_len": 256,
-            "logprobs": logprobs, "scenarios": [scenario],
+            "model": str(model),
+            "dtype": "float32",
+            "tp": 1,
+            "dp": len(waves),
+            "dp_rank": rank,
+            "ep": ep,
+            "launcher": "mp",
+            "max_model_len": 256,
+            "logprobs": logprobs,
+            "scenarios": [scenario],
             "out": str(workdir / "out" / "rank{rank}.json"),
             "barrier_dir": str(workdir / "barrier"),
         }
@@ -82,18 +90,24 @@ def run_schedule(
         path.write_text(json.dumps(spec))
         e = dict(base)
         e.update(
-            VLLM_DP_RANK=str(rank), VLLM_DP_RANK_LOCAL=str(rank),
-            VLLM_DP_SIZE=str(len(waves)), VLLM_DP_MASTER_IP="127.0.0.1",
+            VLLM_DP_RANK=str(rank),
+            VLLM_DP_RANK_LOCAL=str(rank),
+            VLLM_DP_SIZE=str(len(waves)),
+            VLLM_DP_MASTER_IP="127.0.0.1",
             VLLM_DP_MASTER_PORT=str(port),
         )
         if frontend_gap_s is None:
             argv = [sys.executable, "-m", "vllm_epdp.verify.rank", str(path)]
         else:
             argv = [sys.executable, str(SLOW_FRONTEND), str(frontend_gap_s), str(path)]
-        specs.append(procs.ProcSpec(
-            f"rank{rank}", argv,
-            e, workdir / f"rank{rank}.log",
-        ))
+        specs.append(
+            procs.ProcSpec(
+                f"rank{rank}",
+                argv,
+                e,
+                workdir / f"rank{rank}.log",
+            )
+        )
     barriers = workdir / "barrier"
 
     def stall_deadline(group: procs.ProcGroup) -> None:

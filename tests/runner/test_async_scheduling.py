@@ -17,7 +17,11 @@ def _decisions(env, platform, tmp_path):
     env = dict(env, EPDP_RESULT=str(out))
     r = subprocess.run(
         [sys.executable, str(WORKERS / "async_config_worker.py"), platform],
-        env=env, capture_output=True, text=True, timeout=240, start_new_session=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        start_new_session=True,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(out.read_text())
@@ -64,7 +68,5 @@ def test_without_patch_async_on_under_ep_dp(series_without, tmp_path):
     case = d["ep_dp2_default"]
     # The known hazard: on by default, silently.
     assert case["async_scheduling"] is True
-    assert case["log"] == [
-        ["INFO", "Disabling NCCL for DP synchronization when using async scheduling."]
-    ]
+    assert case["log"] == [["INFO", "Disabling NCCL for DP synchronization when using async scheduling."]]
     assert _messages(d["ep_dp2_explicit"], "WARNING") == []

@@ -21,8 +21,6 @@ What these pin down (see docs/idle_ranks.md):
   in the DP collective; docs/idle_ranks.md, run 4.
 """
 
-from pathlib import Path
-
 import pytest
 
 from tests.runner.dp_runs import run_schedule
@@ -56,9 +54,7 @@ def _dp_counts(run) -> dict:
 
 def test_idle_rank_and_split_batches_stay_in_step(series_env, moe_model, tmp_path):
     schedule = [UNEVEN[r] + [ONE_TOKEN_ROUND[r]] * 3 for r in range(2)]
-    run = run_schedule(
-        series_env, moe_model, tmp_path, schedule, ep=True, timeout_s=300, frontend_gap_s=FRONTEND_GAP_S
-    )
+    run = run_schedule(series_env, moe_model, tmp_path, schedule, ep=True, timeout_s=300, frontend_gap_s=FRONTEND_GAP_S)
     assert run["outcome"].ok, run["outcome"].describe()
     assert run["ledger_mismatches"] == []
     assert sorted(len(r["token_ids"]) for r in run["results"].values()) == [1] * 24 + [3, 4, 9, 12, 30]
@@ -84,4 +80,3 @@ def test_upstream_idle_join_proposal_double_joins(moe_model, tmp_path):
     # The known failure of that proposal under DPEngineCoreProc.
     assert run["ledger_mismatches"], "expected the ranks' DP collectives to diverge"
     assert not run["outcome"].ok
-

@@ -26,7 +26,9 @@ def test_ledger_agreeing_ranks(tmp_path):
     for cmd in (["-m", "vllm_epdp.ledger"], ["-m", "vllm_epdp.cli", "ledger"]):
         cli = subprocess.run(
             [sys.executable, *cmd, "compare", str(out)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert "all members agree" in cli.stdout
@@ -45,6 +47,8 @@ def test_ledger_finds_the_extra_collective(tmp_path):
     assert "member 1" in text and "all_reduce shapes=[[2]] dtypes=['int32']" in text
     cli = subprocess.run(
         [sys.executable, "-m", "vllm_epdp.ledger", "compare", str(out)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert cli.returncode == 1 and "members disagree" in cli.stdout

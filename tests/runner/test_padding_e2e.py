@@ -24,8 +24,7 @@ def moe_model(tmp_path_factory):
 
 
 def _run(env, model, path):
-    return run_schedule(env, model, path, UNEVEN, ep=True, timeout_s=400,
-                        nan_watch=True, logprobs=2, nan_fill=True)
+    return run_schedule(env, model, path, UNEVEN, ep=True, timeout_s=400, nan_watch=True, logprobs=2, nan_fill=True)
 
 
 def _watch_totals(run):

@@ -17,8 +17,11 @@ def _run(env, tmp_path) -> dict:
     out = tmp_path / "result.json"
     r = subprocess.run(
         [sys.executable, str(WORKERS / "padding_rows_worker.py")],
-        env=dict(env, EPDP_RESULT=str(out)), capture_output=True, text=True,
-        timeout=240, start_new_session=True,
+        env=dict(env, EPDP_RESULT=str(out)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        start_new_session=True,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(out.read_text())

@@ -8,8 +8,8 @@ at runner level (vLLM's real CPU model runner, tiny dense model, DP=2 gloo):
   that step instead. A change that makes the runner join here too double-
   joins under DPEngineCoreProc (tests/runner/test_idle_ranks_e2e.py).
 
-This is why patch slot 0012 ("idle DP ranks always join") holds no patch:
-docs/idle_ranks.md.
+This is why the series has no "idle DP ranks always join" patch (the
+BRIEF's fix 5 idea; upstream #44601/#51984/#53578): docs/idle_ranks.md.
 """
 
 import pytest
@@ -27,8 +27,12 @@ def test_zero_token_step_joins_only_under_external_launcher(series_env, tmp_path
     env = dict(series_env, EPDP_GLOO_TIMEOUT="20")
     env["PYTHONPATH"] = f"{WORKERS}:{env['PYTHONPATH']}"
     outcome, (idle, busy) = run_ranks(
-        "idle_rank_worker", 2, tmp_path, env=env,
-        args=[str(model), str(tmp_path / "ledger"), str(STEPS)], timeout_s=300,
+        "idle_rank_worker",
+        2,
+        tmp_path,
+        env=env,
+        args=[str(model), str(tmp_path / "ledger"), str(STEPS)],
+        timeout_s=300,
     )
     assert outcome.ok, outcome.describe()
     assert idle["external_launcher"] == busy["external_launcher"] == STEPS

@@ -19,7 +19,6 @@ from vllm_epdp import overlay
 from vllm_epdp.series import load_series
 from vllm_epdp.target import detect_installed
 
-
 # The upstream proposal for #43547 (#44601, #51984, #53578): the runner joins
 # the DP step on every zero-token step, not only under external_launcher.
 # An edit for overlay_with_edit("naive-idle-join", *NAIVE_IDLE_JOIN).
@@ -57,7 +56,12 @@ def overlay_without(number: str) -> Path:
         env["GIT_CEILING_DIRECTORIES"] = str(tmp.resolve().parent)
         subprocess.run(
             ["git", "apply", "-R", "-p1", str(patch.path)],
-            cwd=tmp, env=env, check=True, capture_output=True, text=True, timeout=120,
+            cwd=tmp,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if (tmp / "vllm").is_dir() and not _reverted(tmp, patch):
             raise RuntimeError(f"git apply -R {patch.name} changed nothing in {tmp}")
@@ -90,7 +94,11 @@ def _reverted(root: Path, patch) -> bool:
     # Reverted means: the patch applies forward again.
     r = subprocess.run(
         ["git", "apply", "--check", "-p1", str(patch.path)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return r.returncode == 0
 

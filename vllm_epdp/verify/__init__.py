@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.verify import compare, plan as plan_mod
+from vllm_epdp.verify import compare
+from vllm_epdp.verify import plan as plan_mod
 from vllm_epdp.verify.plan import Model
 
 
@@ -34,13 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--list", action="store_true", help="list the scenarios and exit")
     sel.add_argument("--all", action="store_true", help="run every scenario (idle rank, long run, vllm serve)")
     sel.add_argument(
-        "--scenario", action="append", default=[], metavar="NAME",
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="CONFIG/SCENARIO, CONFIG or SCENARIO to run (glob patterns; repeatable); see --list",
     )
-    sel.add_argument("--deep", action="store_true",
-                     help="hook every decoder layer; fail on any non-finite row, DP padding rows included")
-    sel.add_argument("--ledger", action="store_true",
-                     help="record every collective per rank and fail if the members of a group disagree")
+    sel.add_argument(
+        "--deep",
+        action="store_true",
+        help="hook every decoder layer; fail on any non-finite row, DP padding rows included",
+    )
+    sel.add_argument(
+        "--ledger",
+        action="store_true",
+        help="record every collective per rank and fail if the members of a group disagree",
+    )
     hw = parser.add_argument_group("your own model and hardware (default: tiny local models on CPU)")
     hw.add_argument("--model", metavar="PATH_OR_NAME", help="model to verify instead of the tiny local ones")
     hw.add_argument("--device", choices=("cpu", "cuda", "xpu"), default="cpu")
@@ -48,15 +58,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hw.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the target (default 1)")
     hw.add_argument("--ref-tp", type=int, help="tensor-parallel size of the DP=1 reference (default: --tp)")
     hw.add_argument("--dtype", help="model dtype with --model (default auto; float32 gives the exact token check)")
-    hw.add_argument("--launcher", choices=("mp", "torchrun"), default="mp",
-                    help="mp: one process per DP rank (vLLM's offline DP pattern); torchrun: external launcher")
+    hw.add_argument(
+        "--launcher",
+        choices=("mp", "torchrun"),
+        default="mp",
+        help="mp: one process per DP rank (vLLM's offline DP pattern); torchrun: external launcher",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     out.add_argument("--keep-logs", metavar="DIR", help="keep every run's logs and outputs in DIR")
-    out.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                     help="deadline per configuration run in seconds (default 600)")
-    out.add_argument("--tolerance", type=float, default=compare.DEFAULT_TOLERANCE,
-                     help=f"max |logprob difference| for fp32 models (default {compare.DEFAULT_TOLERANCE:g})")
+    out.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="deadline per configuration run in seconds (default 600)",
+    )
+    out.add_argument(
+        "--tolerance",
+        type=float,
+        default=compare.DEFAULT_TOLERANCE,
+        help=f"max |logprob difference| for fp32 models (default {compare.DEFAULT_TOLERANCE:g})",
+    )
     out.add_argument("--cache-dir", metavar="DIR", help="where the tiny models are built (default ~/.cache/vllm-epdp)")
 
 
@@ -108,7 +131,10 @@ def _make_plan(args) -> plan_mod.Plan:
         configs = plan_mod.user_configs("model", args.dp, args.tp, args.launcher, args.ref_tp or args.tp)
     else:
         if args.dtype or args.launcher != "mp" or args.dp != 2 or args.tp != 1 or args.ref_tp:
-            raise EpdpError("--dp/--tp/--ref-tp/--dtype/--launcher apply to --model; the tiny models have fixed configurations (see --list)")
+            raise EpdpError(
+                "--dp/--tp/--ref-tp/--dtype/--launcher apply to --model; "
+                "the tiny models have fixed configurations (see --list)"
+            )
         cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
         models = {
             "qwen3-moe": Model("qwen3-moe", str(cache / "models" / "qwen3-moe"), "float32", "exact"),
@@ -224,7 +250,8 @@ def _assess(result, model: Model, reference, args) -> dict:
     row["nan_watch"] = watch
     row["padding"] = (
         {k: watch[k] for k in ("padded_rows", "padded_steps", "max_padded_rows", "dummy_steps", "steps")}
-        if watch else None
+        if watch
+        else None
     )
     if result.error:
         row["verdict"] = "HANG" if result.outcome and result.outcome.timed_out else "ERROR"
@@ -234,7 +261,8 @@ def _assess(result, model: Model, reference, args) -> dict:
         bad_real, bad_pad = watch["real_nonfinite_rows"], watch["pad_nonfinite_rows"]
         if bad_real or (args.deep and bad_pad):
             where = ", ".join(
-                f"{name} (real {e['real_nonfinite_rows']}, pad {e['pad_nonfinite_rows']}, first at step {e['first_step']})"
+                f"{name} (real {e['real_nonfinite_rows']}, pad {e['pad_nonfinite_rows']}, "
+                f"first at step {e['first_step']})"
                 for name, e in sorted(watch["modules"].items())
                 if e["real_nonfinite_rows"] or e["pad_nonfinite_rows"]
             )
@@ -296,7 +324,16 @@ def _nan_cell(row: dict) -> str:
 
 
 def format_table(report: dict) -> str:
-    header = ("configuration", "scenarios", "tokens matched", "max |dlogprob|", "NaN seen", "padding rows", "wall s", "verdict")
+    header = (
+        "configuration",
+        "scenarios",
+        "tokens matched",
+        "max |dlogprob|",
+        "NaN seen",
+        "padding rows",
+        "wall s",
+        "verdict",
+    )
     lines = []
     for r in report["configs"]:
         if r["reference"]:
@@ -307,15 +344,22 @@ def format_table(report: dict) -> str:
             diff = "inf" if not math.isfinite(d) else f"{d:.1e}"
         pad = r.get("padding")
         pad_cell = f"{pad['padded_rows']} in {pad['padded_steps']} steps" if pad else "-"
-        lines.append((
-            f"{r['name']} ({r['describe']}, {r['model']} {r['dtype']})",
-            ",".join(r["scenario_names"]) or "-",
-            matched, diff, _nan_cell(r), pad_cell, f"{r['wall_s']:.0f}", r["verdict"],
-        ))
-    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
+        lines.append(
+            (
+                f"{r['name']} ({r['describe']}, {r['model']} {r['dtype']})",
+                ",".join(r["scenario_names"]) or "-",
+                matched,
+                diff,
+                _nan_cell(r),
+                pad_cell,
+                f"{r['wall_s']:.0f}",
+                r["verdict"],
+            )
+        )
+    widths = [max(len(h), *(len(cells[i]) for cells in lines)) if lines else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*l) for l in lines]
+    out += [fmt.format(*cells) for cells in lines]
     for r in report["configs"]:
         for p in r["problems"]:
             out.append(f"\n{r['name']}: {p}")

@@ -58,22 +58,21 @@ def _top(position: dict) -> dict[int, float]:
 
 def _nonfinite(result: dict) -> int:
     return sum(
-        1
-        for position in result.get("logprobs", [])
-        for lp in position.values()
-        if not math.isfinite(_as_float(lp))
+        1 for position in result.get("logprobs", []) for lp in position.values() if not math.isfinite(_as_float(lp))
     )
 
 
-def compare_request(
-    rid: str, ref: dict, tgt: dict, mode: str, tolerance: float = DEFAULT_TOLERANCE
-) -> RequestVerdict:
+def compare_request(rid: str, ref: dict, tgt: dict, mode: str, tolerance: float = DEFAULT_TOLERANCE) -> RequestVerdict:
     ref_tokens, tgt_tokens = ref["token_ids"], tgt["token_ids"]
     total = len(ref_tokens)
     bad_ref, bad_tgt = _nonfinite(ref), _nonfinite(tgt)
     if bad_ref or bad_tgt:
         return RequestVerdict(
-            rid, False, 0, total, math.inf,
+            rid,
+            False,
+            0,
+            total,
+            math.inf,
             f"non-finite logprobs: {bad_ref} in reference, {bad_tgt} in target",
         )
     max_diff, compared = 0.0, 0
@@ -81,7 +80,11 @@ def compare_request(
     for pos in range(max(len(ref_tokens), len(tgt_tokens))):
         if pos >= len(ref_tokens) or pos >= len(tgt_tokens):
             return RequestVerdict(
-                rid, False, compared, total, max_diff,
+                rid,
+                False,
+                compared,
+                total,
+                max_diff,
                 f"length differs: reference {len(ref_tokens)} tokens, target {len(tgt_tokens)}",
             )
         a, b = ref_tokens[pos], tgt_tokens[pos]
@@ -90,14 +93,22 @@ def compare_request(
         if a != b:
             if mode == "exact":
                 return RequestVerdict(
-                    rid, False, compared, total, max_diff,
+                    rid,
+                    False,
+                    compared,
+                    total,
+                    max_diff,
                     f"token {pos} differs: reference {a}, target {b}",
                 )
             if a in top_b and b in top_a:
                 # Close enough: a near tie resolved differently. Stop here.
                 return RequestVerdict(rid, True, compared, total, max_diff)
             return RequestVerdict(
-                rid, False, compared, total, max_diff,
+                rid,
+                False,
+                compared,
+                total,
+                max_diff,
                 f"token {pos} differs and is not in the other's top-{max(len(top_a), len(top_b)) or '?'}:"
                 f" reference {a} ({_fmt(top_a.get(a))} vs target's {_fmt(top_b.get(a))}),"
                 f" target {b} ({_fmt(top_b.get(b))} vs reference's {_fmt(top_a.get(b))})",
@@ -107,7 +118,11 @@ def compare_request(
         compared += 1
         if mode == "exact" and max_diff > tolerance:
             return RequestVerdict(
-                rid, False, compared, total, max_diff,
+                rid,
+                False,
+                compared,
+                total,
+                max_diff,
                 f"logprob at token {pos} differs by {max_diff:.3g} > tolerance {tolerance:g}",
             )
     return RequestVerdict(rid, True, compared, total, max_diff)

@@ -113,7 +113,7 @@ class ProgressReader:
             self.offsets[path] += cut
             for line in chunk[:cut].decode(errors="replace").splitlines():
                 if line.startswith(PROGRESS):
-                    self._event(json.loads(line[len(PROGRESS):]))
+                    self._event(json.loads(line[len(PROGRESS) :]))
 
     def _event(self, e: dict) -> None:
         if e["event"] == "engine_up" and self.engine_up is None:
@@ -122,8 +122,7 @@ class ProgressReader:
         elif e["event"] == "scenario_done" and e.get("dp_rank", 0) == 0:
             self.done.append(e["scenario"])
             self.say(
-                f"[verify] {self.name}: {len(self.done)}/{self.n} scenarios "
-                f"({e['scenario']} in {e['seconds']:.1f} s)"
+                f"[verify] {self.name}: {len(self.done)}/{self.n} scenarios ({e['scenario']} in {e['seconds']:.1f} s)"
             )
 
 
@@ -154,10 +153,14 @@ def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Pat
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(rank_spec(config, model, scenarios, workdir, 0)))
         argv = [
-            sys.executable, "-m", "torch.distributed.run",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
             f"--nproc-per-node={config.dp * config.tp}",
             f"--master-port={procs.free_port()}",
-            "-m", "vllm_epdp.verify.rank", str(spec_path),
+            "-m",
+            "vllm_epdp.verify.rank",
+            str(spec_path),
         ]
         specs.append(procs.ProcSpec("torchrun", argv, env, workdir / "torchrun.log"))
     else:
@@ -174,7 +177,9 @@ def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Pat
                     VLLM_DP_MASTER_IP="127.0.0.1",
                     VLLM_DP_MASTER_PORT=str(port),
                 )
-            specs.append(procs.ProcSpec(f"rank{rank}", module + [str(spec_path)], rank_env, workdir / f"rank{rank}.log"))
+            specs.append(
+                procs.ProcSpec(f"rank{rank}", module + [str(spec_path)], rank_env, workdir / f"rank{rank}.log")
+            )
     settings.say(
         f"[verify] {config.name}: starting {len(specs) if config.launcher != 'torchrun' else config.dp * config.tp}"
         f" process(es), {config.describe()}, {model.key} {model.dtype}; scenarios: {', '.join(scenarios)}"

@@ -22,15 +22,98 @@ from __future__ import annotations
 import dataclasses
 import random
 
-_WORDS = (
-    "the quick brown fox jumps over lazy dog while sun rises hills small model "
-    "can still teach us a lot about how large systems behave when many machines "
-    "work together on one request each machine holds part of experts and every "
-    "token picks two that suit it best once upon time there was little village "
-    "at edge great forest people grew wheat barley kept bees traded honey river "
-    "stone bridge market morning evening light rain wind winter summer 1 2 3 42 "
-    "numbers add multiply divide, question: answer. why? because!"
-).split()
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "while",
+    "sun",
+    "rises",
+    "hills",
+    "small",
+    "model",
+    "can",
+    "still",
+    "teach",
+    "us",
+    "a",
+    "lot",
+    "about",
+    "how",
+    "large",
+    "systems",
+    "behave",
+    "when",
+    "many",
+    "machines",
+    "work",
+    "together",
+    "on",
+    "one",
+    "request",
+    "each",
+    "machine",
+    "holds",
+    "part",
+    "of",
+    "experts",
+    "and",
+    "every",
+    "token",
+    "picks",
+    "two",
+    "that",
+    "suit",
+    "it",
+    "best",
+    "once",
+    "upon",
+    "time",
+    "there",
+    "was",
+    "little",
+    "village",
+    "at",
+    "edge",
+    "great",
+    "forest",
+    "people",
+    "grew",
+    "wheat",
+    "barley",
+    "kept",
+    "bees",
+    "traded",
+    "honey",
+    "river",
+    "stone",
+    "bridge",
+    "market",
+    "morning",
+    "evening",
+    "light",
+    "rain",
+    "wind",
+    "winter",
+    "summer",
+    "1",
+    "2",
+    "3",
+    "42",
+    "numbers",
+    "add",
+    "multiply",
+    "divide,",
+    "question:",
+    "answer.",
+    "why?",
+    "because!",
+]
 
 
 def prompt(seed: int, n_words: int) -> str:
@@ -76,17 +159,13 @@ class Scenario:
     def to_json(self, dp_size: int) -> dict:
         return {
             "name": self.name,
-            "waves": [
-                [[r.to_json() for r in wave] for wave in rank]
-                for rank in self.for_ranks(dp_size)
-            ],
+            "waves": [[[r.to_json() for r in wave] for wave in rank] for rank in self.for_ranks(dp_size)],
         }
 
 
 def _reqs(tag: str, seeds_words_tokens) -> tuple[Request, ...]:
     return tuple(
-        Request(f"{tag}-{i}", prompt(seed, words), tokens)
-        for i, (seed, words, tokens) in enumerate(seeds_words_tokens)
+        Request(f"{tag}-{i}", prompt(seed, words), tokens) for i, (seed, words, tokens) in enumerate(seeds_words_tokens)
     )
 
 

@@ -38,9 +38,7 @@ def _get(url: str, timeout: float) -> int:
 
 
 def _post(url: str, body: dict, timeout: float) -> dict:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
@@ -65,17 +63,31 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
     workdir.mkdir(parents=True, exist_ok=True)
     port = procs.free_port()
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model.path,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--data-parallel-size", str(config.dp),
-        "--tensor-parallel-size", str(config.tp),
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        model.path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-parallel-size",
+        str(config.dp),
+        "--tensor-parallel-size",
+        str(config.tp),
         "--enable-expert-parallel",
         "--enforce-eager",
-        "--dtype", model.dtype,
-        "--max-model-len", str(MAX_MODEL_LEN),
-        "--max-logprobs", str(LOGPROBS),
-        "--api-server-count", "1",
-        "--seed", "0",
+        "--dtype",
+        model.dtype,
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--max-logprobs",
+        str(LOGPROBS),
+        "--api-server-count",
+        "1",
+        "--seed",
+        "0",
     ]
     env = base_env(config, model, settings, workdir)
     log = workdir / "server.log"
@@ -91,8 +103,16 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
         while _get(base + "/health", 2.0) != 200:
             if group.exited()["server"] is not None:
                 outcome = group.wait()
-                return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, None, workdir,
-                                 outcome.describe(log_lines=0))
+                return RunResult(
+                    config,
+                    scenarios,
+                    outputs,
+                    outcome,
+                    time.monotonic() - started,
+                    None,
+                    workdir,
+                    outcome.describe(log_lines=0),
+                )
             if group.elapsed() > settings.timeout_s:
                 return _hung(group, config, scenarios, outputs, started, workdir, "server never became ready")
             time.sleep(1.0)
@@ -102,12 +122,16 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
             requests = ALL_SCENARIOS[name].requests()
             left = max(10.0, settings.timeout_s - group.elapsed())
 
-            def send(i_req):
+            def send(i_req, left=left):
                 i, r = i_req
                 time.sleep(i * ARRIVAL_GAP_S)
                 body = {
-                    "model": model.path, "prompt": r.prompt, "max_tokens": r.max_tokens,
-                    "temperature": 0.0, "logprobs": LOGPROBS, "ignore_eos": True,
+                    "model": model.path,
+                    "prompt": r.prompt,
+                    "max_tokens": r.max_tokens,
+                    "temperature": 0.0,
+                    "logprobs": LOGPROBS,
+                    "ignore_eos": True,
                     "return_tokens_as_token_ids": True,
                 }
                 return r.id, to_result(_post(base + "/v1/completions", body, left)["choices"][0])
@@ -122,9 +146,19 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
                     return _hung(group, config, scenarios, outputs, started, workdir, f"request timed out ({exc})")
                 outcome = procs.Outcome(config.name, group.exited(), False, group.elapsed(), logs={"server": log})
                 group.close()
-                return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir,
-                                 f"{config.name}: request failed: {exc}\n" + outcome.describe(log_lines=0))
-            settings.say(f"[verify] {config.name}: {name}: {len(requests)} concurrent requests in {time.monotonic() - t0:.1f} s")
+                return RunResult(
+                    config,
+                    scenarios,
+                    outputs,
+                    outcome,
+                    time.monotonic() - started,
+                    engine_up,
+                    workdir,
+                    f"{config.name}: request failed: {exc}\n" + outcome.describe(log_lines=0),
+                )
+            settings.say(
+                f"[verify] {config.name}: {name}: {len(requests)} concurrent requests in {time.monotonic() - t0:.1f} s"
+            )
         # Stop the way a user does (Ctrl-C) so every process finishes its last
         # step and its diagnostics (ledger, nan_watch) are complete; the group
         # kills whatever is left after the grace period.
@@ -137,15 +171,18 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
         codes = group.exited()
         left = group.members()
         stacks = group.dump_stacks() if left else ""
-    outcome = procs.Outcome(config.name, codes, bool(left), time.monotonic() - started, stacks,
-                            logs={"server": log})
+    outcome = procs.Outcome(config.name, codes, bool(left), time.monotonic() - started, stacks, logs={"server": log})
     error = ""
     if left:
-        error = (f"{config.name}: {len(left)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
-                 f"SIGINT (killed)\n" + outcome.describe(log_lines=0))
+        error = (
+            f"{config.name}: {len(left)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
+            f"SIGINT (killed)\n" + outcome.describe(log_lines=0)
+        )
     elif codes["server"] != 0:
-        error = f"{config.name}: the server, stopped with SIGINT, ended with {procs.describe_returncode(codes['server'])}\n" \
+        error = (
+            f"{config.name}: the server, stopped with SIGINT, ended with {procs.describe_returncode(codes['server'])}\n"
             + outcome.describe(log_lines=0)
+        )
     return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir, error)
 
 
@@ -153,7 +190,16 @@ def _hung(group, config, scenarios, outputs, started, workdir, why) -> RunResult
     stacks = group.dump_stacks()
     codes = group.exited()
     group.close()
-    outcome = procs.Outcome(config.name, codes, True, time.monotonic() - started, stacks,
-                            {"server": workdir / "server.log"})
-    return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, None, workdir,
-                     f"{why}\n" + outcome.describe(log_lines=0))
+    outcome = procs.Outcome(
+        config.name, codes, True, time.monotonic() - started, stacks, {"server": workdir / "server.log"}
+    )
+    return RunResult(
+        config,
+        scenarios,
+        outputs,
+        outcome,
+        time.monotonic() - started,
+        None,
+        workdir,
+        f"{why}\n" + outcome.describe(log_lines=0),
+    )

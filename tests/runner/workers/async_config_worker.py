@@ -50,18 +50,12 @@ for name, case in CASES.items():
         data_parallel_size=case["dp"],
         enable_expert_parallel=case["ep"],
     )
-    sc = SchedulerConfig(
-        max_model_len=2048, is_encoder_decoder=False, async_scheduling=case["async_"]
-    )
+    sc = SchedulerConfig(max_model_len=2048, is_encoder_decoder=False, async_scheduling=case["async_"])
     config = VllmConfig(parallel_config=pc, scheduler_config=sc)
     result[name] = {
         "async_scheduling": config.scheduler_config.async_scheduling,
         "disable_nccl_for_dp_sync": config.parallel_config.disable_nccl_for_dp_synchronization,
-        "log": [
-            (r.levelname, r.getMessage())
-            for r in records
-            if "sync scheduling" in r.getMessage()
-        ],
+        "log": [(r.levelname, r.getMessage()) for r in records if "sync scheduling" in r.getMessage()],
     }
 with open(os.environ["EPDP_RESULT"], "w") as f:
     json.dump(result, f, indent=1)

@@ -22,30 +22,34 @@ from vllm_epdp import ledger
 model_dir, ledger_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ledger.install(ledger_dir)
 
+import vllm_dist  # noqa: E402
 from vllm.config import set_current_vllm_config  # noqa: E402
+from vllm.distributed.kv_transfer.kv_connector.utils import (  # noqa: E402
+    get_current_attn_backends,
+)
 from vllm.distributed.parallel_state import (  # noqa: E402
     init_distributed_environment,
     initialize_model_parallel,
 )
 from vllm.engine.arg_utils import EngineArgs  # noqa: E402
-from vllm.v1.core.kv_cache_utils import get_kv_cache_configs  # noqa: E402
-from vllm.distributed.kv_transfer.kv_connector.utils import (  # noqa: E402
-    get_current_attn_backends,
-)
 from vllm.v1.attention.backends.utils import (  # noqa: E402
     get_supported_kv_cache_layouts,
     record_kv_cache_layout,
     resolve_kv_cache_layout,
 )
+from vllm.v1.core.kv_cache_utils import get_kv_cache_configs  # noqa: E402
 from vllm.v1.core.sched.output import SchedulerOutput  # noqa: E402
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner  # noqa: E402
 
-import vllm_dist  # noqa: E402
-
 rank, world = vllm_dist.RANK, vllm_dist.WORLD
 args = EngineArgs(
-    model=model_dir, dtype="float32", enforce_eager=True, skip_tokenizer_init=True,
-    max_model_len=256, max_num_batched_tokens=256, max_num_seqs=8,
+    model=model_dir,
+    dtype="float32",
+    enforce_eager=True,
+    skip_tokenizer_init=True,
+    max_model_len=256,
+    max_num_batched_tokens=256,
+    max_num_seqs=8,
 )
 config = args.create_engine_config()
 # vLLM refuses DP for dense models at the engine level (it would run them as
@@ -58,7 +62,10 @@ pc.distributed_executor_backend = "external_launcher"
 result: dict = {}
 with set_current_vllm_config(config):
     init_distributed_environment(
-        world_size=world, rank=rank, local_rank=rank, backend="gloo",
+        world_size=world,
+        rank=rank,
+        local_rank=rank,
+        backend="gloo",
         distributed_init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
         timeout=datetime.timedelta(seconds=int(os.environ.get("EPDP_GLOO_TIMEOUT", "60"))),
     )
@@ -68,7 +75,7 @@ with set_current_vllm_config(config):
     # What the engine core does before allocating the KV cache.
     specs = runner.get_kv_cache_spec()
     layouts = get_supported_kv_cache_layouts(get_current_attn_backends(config))
-    layout = resolve_kv_cache_layout(config, [[l.name for l in layouts]], specs.values())
+    layout = resolve_kv_cache_layout(config, [[layout.name for layout in layouts]], specs.values())
     record_kv_cache_layout(config.cache_config, layout.name)
     (kv_cache_config,) = get_kv_cache_configs(config, [specs], [64 << 20])
     runner.initialize_kv_cache(kv_cache_config)

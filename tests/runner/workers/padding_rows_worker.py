@@ -32,8 +32,7 @@ _fa.flash_attn_varlen_func = None
 _rot = types.ModuleType("vllm_xpu_kernels.rotary")
 _rot.apply_rotary_emb = None
 sys.modules.update(
-    {"vllm_xpu_kernels": _pkg, "vllm_xpu_kernels.flash_attn_interface": _fa,
-     "vllm_xpu_kernels.rotary": _rot}
+    {"vllm_xpu_kernels": _pkg, "vllm_xpu_kernels.flash_attn_interface": _fa, "vllm_xpu_kernels.rotary": _rot}
 )
 
 from vllm import _xpu_ops  # noqa: E402
@@ -68,10 +67,7 @@ def xpu_kernel(core_attn_out, z, qkvz, ba, *args, num_actual_tokens, **kwargs):
     seen["rows"] = [t.shape[0] for t in (core_attn_out, z, qkvz, ba)]
     for t in (core_attn_out, z, qkvz, ba):
         if t.shape[0] != num_actual_tokens:
-            raise AssertionError(
-                f"gdn_attention: tensor has {t.shape[0]} rows, "
-                f"num_actual_tokens={num_actual_tokens}"
-            )
+            raise AssertionError(f"gdn_attention: tensor has {t.shape[0]} rows, num_actual_tokens={num_actual_tokens}")
     core_attn_out.fill_(1.0)
     z.fill_(1.0)
 
@@ -80,15 +76,27 @@ torch.ops._xpu_C.gdn_attention = xpu_kernel
 gdn = types.SimpleNamespace(
     prefix="layers.0.linear_attn",
     conv1d=types.SimpleNamespace(weight=torch.zeros(8, 1, 4), bias=None),
-    kv_cache=[torch.zeros(1), torch.zeros(1)], num_k_heads=H, num_v_heads=H,
-    head_k_dim=D, head_v_dim=D, activation="silu", A_log=torch.zeros(H),
-    dt_bias=torch.zeros(H), tp_size=1, gqa_interleaved_layout=True,
+    kv_cache=[torch.zeros(1), torch.zeros(1)],
+    num_k_heads=H,
+    num_v_heads=H,
+    head_k_dim=D,
+    head_v_dim=D,
+    activation="silu",
+    A_log=torch.zeros(H),
+    dt_bias=torch.zeros(H),
+    tp_size=1,
+    gqa_interleaved_layout=True,
 )
 # 3 decode requests + one 2-token prefill = 5 real tokens, padded to 12 rows:
 # what the V1 runner builds in eager mode (padding rows not in the metadata).
 gdn_md = GDNAttentionMetadata(
-    num_prefills=1, num_prefill_tokens=2, num_decodes=3, num_decode_tokens=3,
-    num_spec_decodes=0, num_spec_decode_tokens=0, num_actual_tokens=ACTUAL,
+    num_prefills=1,
+    num_prefill_tokens=2,
+    num_decodes=3,
+    num_decode_tokens=3,
+    num_spec_decodes=0,
+    num_spec_decode_tokens=0,
+    num_actual_tokens=ACTUAL,
     non_spec_query_start_loc=torch.tensor([0, 1, 2, 3, 5], dtype=torch.int32),
     non_spec_state_indices_tensor=torch.tensor([4, 5, 6, 7], dtype=torch.int32),
     has_initial_state=torch.tensor([True, True, True, False]),
@@ -97,18 +105,14 @@ core = torch.zeros(ROWS, H, D)  # forward_xpu allocates it with torch.zeros
 z = torch.full((ROWS, H, D), NAN)  # ... and z with torch.empty_like
 try:
     with override_forward_context(ctx({gdn.prefix: gdn}, {gdn.prefix: gdn_md})):
-        _xpu_ops._gdn_attention_core_xpu_impl(
-            core, z, torch.randn(ROWS, 16), torch.randn(ROWS, 4), gdn.prefix
-        )
+        _xpu_ops._gdn_attention_core_xpu_impl(core, z, torch.randn(ROWS, 16), torch.randn(ROWS, 4), gdn.prefix)
     error = None
 except AssertionError as exc:
     error = str(exc)
-result["xpu_gdn"] = {"error": error, "rows_seen": seen.get("rows"),
-                     "core": rows_state(core), "z": rows_state(z)}
+result["xpu_gdn"] = {"error": error, "rows_seen": seen.get("rows"), "core": rows_state(core), "z": rows_state(z)}
 z = torch.full((ROWS, H, D), NAN)
 with override_forward_context(ctx({gdn.prefix: gdn}, None)):
-    _xpu_ops._gdn_attention_core_xpu_impl(core, z, torch.randn(ROWS, 16),
-                                          torch.randn(ROWS, 4), gdn.prefix)
+    _xpu_ops._gdn_attention_core_xpu_impl(core, z, torch.randn(ROWS, 16), torch.randn(ROWS, 4), gdn.prefix)
 result["xpu_gdn_dummy_z_zero"] = bool((z == 0).all())
 
 # ------------------------------------------------------------ attention op
@@ -121,8 +125,7 @@ q = torch.randn(ROWS, H, D)
 out = torch.full((ROWS, H, D), NAN)
 with override_forward_context(ctx({name: layer}, None)):
     attn_mod.unified_attention_with_output(q, q, q, out, name)
-result["attn_dummy"] = {"all_zero": bool((out == 0).all()),
-                        "finite": bool(torch.isfinite(out).all())}
+result["attn_dummy"] = {"all_zero": bool((out == 0).all()), "finite": bool(torch.isfinite(out).all())}
 
 
 class RealRowsBackend:

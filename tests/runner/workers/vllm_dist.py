@@ -28,9 +28,7 @@ def init(enable_expert_parallel: bool = True, **parallel_kwargs) -> VllmConfig:
         init_distributed_environment(
             world_size=WORLD,
             rank=RANK,
-            distributed_init_method=(
-                f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-            ),
+            distributed_init_method=(f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"),
             local_rank=RANK,
             backend="gloo",
         )

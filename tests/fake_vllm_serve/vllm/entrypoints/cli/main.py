@@ -29,11 +29,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         n = req["max_tokens"]
-        self._send({"choices": [{"logprobs": {
-            "tokens": ["token_id:7"] * n,
-            "token_logprobs": [-0.5] * n,
-            "top_logprobs": [{"token_id:7": -0.5, "token_id:9": -2.0}] * n,
-        }}]})
+        self._send(
+            {
+                "choices": [
+                    {
+                        "logprobs": {
+                            "tokens": ["token_id:7"] * n,
+                            "token_logprobs": [-0.5] * n,
+                            "top_logprobs": [{"token_id:7": -0.5, "token_id:9": -2.0}] * n,
+                        }
+                    }
+                ]
+            }
+        )
 
 
 def serve_until_killed():
