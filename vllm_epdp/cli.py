@@ -46,8 +46,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         p.add_argument("--checkout", metavar="DIR",
                        help="patch the vLLM source tree in DIR (a git checkout) instead of the installed vLLM")
         p.add_argument("--version", dest="vllm_version", metavar="VERSION",
-                       help="use the series of this vLLM version (default: detected; needed for a "
-                            "checkout whose version cannot be read from vllm/_version.py or a git tag)")
+                       help="use the series of this vLLM version (default: the detected version's; "
+                            "needed for a checkout whose version cannot be read from vllm/_version.py "
+                            "or a git tag). Forcing another version's series prints a warning; what "
+                            "is reported about the vLLM (its version, its model runner) stays what "
+                            "was detected")
         return p
 
     p = command("status", "show the detected vLLM and the state of every patch",
@@ -59,9 +62,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p = command("check", "dry run: does the series apply?",
                 "Dry run of `apply`: try every selected patch on top of the earlier ones, change "
-                "nothing. Exit 0 if the series applies (or is applied already), 1 if a patch conflicts.")
+                "nothing. Exit 0 if the series applies (or is applied already), 1 if a patch conflicts.\n\n"
+                "With --release X: try the series on release X's own Python files instead (its sdist "
+                "from PyPI, ~45 MB, downloaded once into the cache of vllm_epdp.releases), and say "
+                "for every patch: applies / already upstream / conflicts (file and hunk). The series "
+                "is X's own if there is one, else the nearest (or --version's). Exit 0 only if every "
+                "patch applies. What a maintainer runs the day a release appears.")
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--release", metavar="X", help="check release X's files (from its sdist) instead of a vLLM here")
     p = command("apply", "apply the series (or the named patches), all or nothing",
                 "Apply the named patches (default: the whole series) in series order. Every patch is "
                 "checked first; a failure or an interruption rolls every file back. Patches that are "
@@ -146,11 +155,25 @@ def _target_and_series(args):
     from vllm_epdp.target import detect_checkout, detect_installed
 
     if args.checkout:
-        target = detect_checkout(args.checkout, args.vllm_version)
+        target = detect_checkout(args.checkout)
     else:
         target = detect_installed()
-    version = args.vllm_version or target.version
+    version = args.vllm_version or target.require_version()
+    _warn_if_forced(args.vllm_version, target.version, target.describe())
     return target, series_dir(version), load_series(version)
+
+
+def _warn_if_forced(forced: str | None, detected: str | None, what: str) -> None:
+    """Forcing another release's series is allowed (the way to try a series
+    on a release that has none), but said aloud: it was not written for
+    these files. The target's own version is reported as detected."""
+    from vllm_epdp.series import public_version
+
+    if forced is not None and detected is not None and public_version(forced) != public_version(detected):
+        print(f"vllm-epdp: warning: --version {forced}: using the {public_version(forced)} series on "
+              f"{what}, which it was not written for; the version and model runner reported are "
+              "the detected ones",
+              file=sys.stderr)
 
 
 def cmd_status(args) -> int:
@@ -164,20 +187,22 @@ def cmd_status(args) -> int:
             "vllm": {
                 "kind": target.kind,
                 "distribution": target.distribution,
-                "version": target.version,
+                "version": target.version,  # as detected, whatever --version says
                 "location": str(target.package_dir),
                 "root": str(target.root),
                 "model_runner": target.model_runner,
             },
-            "series": {"dir": str(directory), "patches": len(patches)},
+            "series": {"dir": str(directory), "version": directory.name[1:],
+                       "forced": bool(args.vllm_version), "patches": len(patches)},
             "interrupted_run_journal": pending,
             "patches": [s.to_json() for s in states],
         }, indent=2))
     else:
-        print(f"vLLM          {target.distribution or 'source tree'} {target.version}")
+        print(f"vLLM          {target.distribution or 'source tree'} {target.version or 'unknown'}")
         print(f"location      {target.package_dir}")
         print(f"model runner  {target.model_runner}")
-        print(f"series        {directory} ({len(patches)} patch{'es' if len(patches) != 1 else ''})")
+        forced = " (--version)" if args.vllm_version else ""
+        print(f"series        {directory}{forced} ({len(patches)} patch{'es' if len(patches) != 1 else ''})")
         if pending:
             print("WARNING       an interrupted run left a journal; `vllm-epdp apply` or `revert` rolls it back first")
         print()
@@ -203,6 +228,8 @@ def _print_table(states) -> None:
 def cmd_check(args) -> int:
     from vllm_epdp import patching
 
+    if args.release:
+        return _check_release(args)
     target, _, patches = _target_and_series(args)
     states = patching.check(target, patches, args.patches)
     ok = not any(s.state in _BLOCKED for s in states)
@@ -217,6 +244,45 @@ def cmd_check(args) -> int:
             for d in s.details:
                 print(f"    {d}")
         print(f"{target.describe()}: " + ("the series applies" if ok else "the series does NOT apply"))
+    return 0 if ok else 1
+
+
+def _check_release(args) -> int:
+    """check --release X: the series on release X's own files (see release_check)."""
+    from vllm_epdp import release_check, releases
+    from vllm_epdp.series import has_series, load_series, nearest_series, public_version, select
+
+    if args.checkout:
+        raise EpdpError("--release and --checkout name two different trees: pass one of them")
+    release = str(public_version(args.release))
+    if args.vllm_version:
+        version, why = args.vllm_version, "--version"
+        _warn_if_forced(version, release, f"vLLM {release}")
+    elif has_series(release):
+        version, why = release, "its own"
+    else:
+        version, why = nearest_series(release), f"the nearest; there is no {release} series"
+        if version is None:
+            raise EpdpError("no patch series at all in this vllm-epdp: reinstall it")
+    patches = select(load_series(version), args.patches)
+    root = releases.unpacked(release)
+    states = release_check.judge(root, patches)
+    ok = all(s.state == release_check.APPLIES for s in states)
+    if args.json:
+        print(json.dumps({"ok": ok, "release": release, "files": str(root / "vllm"),
+                          "series": str(public_version(version)), "series_chosen": why,
+                          "patches": [s.to_json() for s in states]}, indent=2))
+        return 0 if ok else 1
+    print(f"vLLM {release} release files ({root / 'vllm'}), series {public_version(version)} ({why})")
+    for s in states:
+        print(f"{s.patch.number} {s.patch.subject}: {s.state.upper() if s.state != 'applies' else s.state}")
+        for d in s.details:
+            print(f"    {d}")
+    counts = {state: sum(s.state == state for s in states)
+              for state in (release_check.APPLIES, release_check.UPSTREAM, release_check.CONFLICTS)}
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    verdict = "the series applies" if ok else "the series does NOT apply as it is"
+    print(f"vLLM {release}: {verdict} ({summary})")
     return 0 if ok else 1
 
 

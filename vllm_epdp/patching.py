@@ -332,7 +332,9 @@ def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log
         with Journal(root, touched, f"{verb} {' '.join(p.number for p in todo)}", log):
             pause = float(os.environ.get(_PAUSE_ENV) or 0)
             for p in todo:
+                modes = file_modes(root, p.files)
                 r = git_apply(root, p, reverse=reverse)
+                restore_modes(root, modes)
                 if not r.ok:
                     raise CheckFailed(f"{verb} of {p.number} failed: {', '.join(r.problems)}")
                 drop_bytecode(root, p.files)
@@ -423,6 +425,29 @@ def require_writable(target: Target, paths: Iterable[str]) -> None:
                 f"cannot write {path}: {where} is read-only for this user; run as its owner "
                 "(e.g. sudo), use a virtualenv you own, or patch a source checkout with --checkout DIR"
             )
+
+
+def file_modes(root: Path, paths: Iterable[str]) -> dict[str, int]:
+    """Permission bits of those of ``paths`` that exist under root."""
+    modes = {}
+    for rel in paths:
+        with contextlib.suppress(FileNotFoundError):
+            modes[rel] = (root / rel).stat().st_mode & 0o7777
+    return modes
+
+
+def restore_modes(root: Path, modes: dict[str, int]) -> None:
+    """Give files back the permission bits they had before `git apply`.
+
+    git apply gives a file the mode its patch's index line names (100644:
+    the patches are made from wheel-installed files), but upstream's git
+    marks some .py files executable (vllm/envs.py): without this, a
+    checkout's file would change mode and a revert would not undo it."""
+    for rel, mode in modes.items():
+        path = root / rel
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mode & 0o7777 != mode:
+                os.chmod(path, mode)
 
 
 def drop_bytecode(root: Path, paths: Iterable[str]) -> None:

