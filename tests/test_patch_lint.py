@@ -43,10 +43,13 @@ def series_of(tmp_path: Path, release: Path, edits: dict[str, tuple[str, str]]) 
     for i, (subject, (old, new)) in enumerate(edits.items(), 1):
         assert old in text
         after = text.replace(old, new, 1)
-        diff = "".join(difflib.unified_diff(text.splitlines(True), after.splitlines(True),
-                                            f"a/{TARGET}", f"b/{TARGET}"))
+        diff = "".join(
+            difflib.unified_diff(text.splitlines(True), after.splitlines(True), f"a/{TARGET}", f"b/{TARGET}")
+        )
         name = f"{i:04d}-{subject.replace(' ', '-')}.patch"
-        (root / "v0.32.0" / name).write_text(HEADER.format(subject=subject) + f"diff --git a/{TARGET} b/{TARGET}\n" + diff)
+        (root / "v0.32.0" / name).write_text(
+            HEADER.format(subject=subject) + f"diff --git a/{TARGET} b/{TARGET}\n" + diff
+        )
         names.append(name)
         text = after
     (root / "v0.32.0" / "series").write_text("\n".join(names) + "\n")
@@ -54,11 +57,20 @@ def series_of(tmp_path: Path, release: Path, edits: dict[str, tuple[str, str]]) 
 
 
 def test_findings_are_named_per_patch(tmp_path, release, monkeypatch):
-    monkeypatch.setenv("VLLM_EPDP_PATCHES", str(series_of(tmp_path, release, {
-        "clean comment": ("import typing\n", "import typing  # for TYPE_CHECKING\n"),
-        "unsorted import": ("import argparse\n", "import argparse\nimport sys\nimport abc\n"),
-        "unformatted call": ("        pass\n", "        print( 'x' ,sys.argv )\n"),
-    })))
+    monkeypatch.setenv(
+        "VLLM_EPDP_PATCHES",
+        str(
+            series_of(
+                tmp_path,
+                release,
+                {
+                    "clean comment": ("import typing\n", "import typing  # for TYPE_CHECKING\n"),
+                    "unsorted import": ("import argparse\n", "import argparse\nimport sys\nimport abc\n"),
+                    "unformatted call": ("        pass\n", "        print( 'x' ,sys.argv )\n"),
+                },
+            )
+        ),
+    )
     found = [str(f) for f in patch_lint.lint_series("0.32.0", release)]
     # 0003 uses sys, but the finding stays on 0002, which added it unused.
     assert found == [
@@ -70,8 +82,17 @@ def test_findings_are_named_per_patch(tmp_path, release, monkeypatch):
 
 
 def test_clean_series_passes(tmp_path, release, monkeypatch):
-    monkeypatch.setenv("VLLM_EPDP_PATCHES", str(series_of(tmp_path, release, {
-        "clean comment": ("import typing\n", "import typing  # for TYPE_CHECKING\n"),
-    })))
+    monkeypatch.setenv(
+        "VLLM_EPDP_PATCHES",
+        str(
+            series_of(
+                tmp_path,
+                release,
+                {
+                    "clean comment": ("import typing\n", "import typing  # for TYPE_CHECKING\n"),
+                },
+            )
+        ),
+    )
     assert patch_lint.lint_series("0.32.0", release) == []
     assert patch_lint.main(["--version", "0.32.0"]) == 0

@@ -41,61 +41,90 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description, epilog=EXIT_CODES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--checkout", metavar="DIR",
-                       help="patch the vLLM source tree in DIR (a git checkout) instead of the installed vLLM")
-        p.add_argument("--version", dest="vllm_version", metavar="VERSION",
-                       help="use the series of this vLLM version (default: the detected version's; "
-                            "needed for a checkout whose version cannot be read from vllm/_version.py "
-                            "or a git tag). Forcing another version's series prints a warning; what "
-                            "is reported about the vLLM (its version, its model runner) stays what "
-                            "was detected")
+        p = sub.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument(
+            "--checkout",
+            metavar="DIR",
+            help="patch the vLLM source tree in DIR (a git checkout) instead of the installed vLLM",
+        )
+        p.add_argument(
+            "--version",
+            dest="vllm_version",
+            metavar="VERSION",
+            help="use the series of this vLLM version (default: the detected version's; "
+            "needed for a checkout whose version cannot be read from vllm/_version.py "
+            "or a git tag). Forcing another version's series prints a warning; what "
+            "is reported about the vLLM (its version, its model runner) stays what "
+            "was detected",
+        )
         return p
 
-    p = command("status", "show the detected vLLM and the state of every patch",
-                "Show the detected vLLM (distribution, version, location, model runner) and, for every "
-                "patch of its series: applied / not applied / conflicts (with the file and hunk) / "
-                "outdated (an older revision of the patch, recorded when it was applied, is on "
-                "disk: revert, then apply). Changes nothing. Exit 1 if a patch conflicts or is "
-                "outdated.")
+    p = command(
+        "status",
+        "show the detected vLLM and the state of every patch",
+        "Show the detected vLLM (distribution, version, location, model runner) and, for every "
+        "patch of its series: applied / not applied / conflicts (with the file and hunk) / "
+        "outdated (an older revision of the patch, recorded when it was applied, is on "
+        "disk: revert, then apply). Changes nothing. Exit 1 if a patch conflicts or is "
+        "outdated.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p = command("check", "dry run: does the series apply?",
-                "Dry run of `apply`: try every selected patch on top of the earlier ones, change "
-                "nothing. Exit 0 if the series applies (or is applied already), 1 if a patch conflicts.\n\n"
-                "With --release X: try the series on release X's own Python files instead (its sdist "
-                "from PyPI, ~45 MB, downloaded once into the cache of vllm_epdp.releases), and say "
-                "for every patch: applies / already upstream / conflicts (file and hunk). The series "
-                "is X's own if there is one, else the nearest (or --version's). Exit 0 only if every "
-                "patch applies. What a maintainer runs the day a release appears.")
+    p = command(
+        "check",
+        "dry run: does the series apply?",
+        "Dry run of `apply`: try every selected patch on top of the earlier ones, change "
+        "nothing. Exit 0 if the series applies (or is applied already), 1 if a patch conflicts.\n\n"
+        "With --release X: try the series on release X's own Python files instead (its sdist "
+        "from PyPI, ~45 MB, downloaded once into the cache of vllm_epdp.releases), and say "
+        "for every patch: applies / already upstream / conflicts (file and hunk). The series "
+        "is X's own if there is one, else the nearest (or --version's). Exit 0 only if every "
+        "patch applies. What a maintainer runs the day a release appears.",
+    )
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--release", metavar="X", help="check release X's files (from its sdist) instead of a vLLM here")
-    p = command("apply", "apply the series (or the named patches), all or nothing",
-                "Apply the named patches (default: the whole series) in series order. Every patch is "
-                "checked first; a failure or an interruption rolls every file back. Patches that are "
-                "already applied are skipped, so running it twice changes nothing.")
+    p = command(
+        "apply",
+        "apply the series (or the named patches), all or nothing",
+        "Apply the named patches (default: the whole series) in series order. Every patch is "
+        "checked first; a failure or an interruption rolls every file back. Patches that are "
+        "already applied are skipped, so running it twice changes nothing.",
+    )
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
-    p = command("revert", "take the series (or the named patches) out again",
-                "Revert the named applied patches (default: all), last first. On an installed vLLM "
-                "every file they touched must afterwards hash as recorded in the wheel's RECORD "
-                "(checked before and after). All or nothing, like apply. A patch applied in an "
-                "older revision (a later vllm-epdp changed it) is taken off in the revision "
-                "recorded when it was applied.")
+    p = command(
+        "revert",
+        "take the series (or the named patches) out again",
+        "Revert the named applied patches (default: all), last first. On an installed vLLM "
+        "every file they touched must afterwards hash as recorded in the wheel's RECORD "
+        "(checked before and after). All or nothing, like apply. A patch applied in an "
+        "older revision (a later vllm-epdp changed it) is taken off in the revision "
+        "recorded when it was applied.",
+    )
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
 
     ledger = sub.add_parser(
-        "ledger", help="compare the collective ledgers of a run (VLLM_EPDP_LEDGER=DIR)",
+        "ledger",
+        help="compare the collective ledgers of a run (VLLM_EPDP_LEDGER=DIR)",
         description="Run vLLM with VLLM_EPDP_LEDGER=DIR (vllm-epdp installed: its vLLM plugin records "
-                    "every torch.distributed collective per rank and group), then `vllm-epdp ledger "
-                    "compare DIR`: exit 0 if all members of every group posted the same sequence, 1 "
-                    "and the first differing entry of each rank if not. `summary DIR` counts per group.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "every torch.distributed collective per rank and group), then `vllm-epdp ledger "
+        "compare DIR`: exit 0 if all members of every group posted the same sequence, 1 "
+        "and the first differing entry of each rank if not. `summary DIR` counts per group.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ledger.add_argument("ledger_args", nargs=argparse.REMAINDER, metavar="compare|summary DIR")
 
     verify = sub.add_parser(
-        "verify", help="run DP x EP targets and compare them with a single-rank reference",
-        description="Compare DP/TP/EP runs against a DP=1 reference.")
+        "verify",
+        help="run DP x EP targets and compare them with a single-rank reference",
+        description="Compare DP/TP/EP runs against a DP=1 reference.",
+    )
     if _first_positional(argv) == "verify":
         _verify_module().add_arguments(verify)
     return parser
@@ -150,6 +179,7 @@ def _verify_module():
 
 # ---------------------------------------------------------------------- commands
 
+
 def _target_and_series(args):
     from vllm_epdp.series import load_series, series_dir
     from vllm_epdp.target import detect_checkout, detect_installed
@@ -170,10 +200,12 @@ def _warn_if_forced(forced: str | None, detected: str | None, what: str) -> None
     from vllm_epdp.series import public_version
 
     if forced is not None and detected is not None and public_version(forced) != public_version(detected):
-        print(f"vllm-epdp: warning: --version {forced}: using the {public_version(forced)} series on "
-              f"{what}, which it was not written for; the version and model runner reported are "
-              "the detected ones",
-              file=sys.stderr)
+        print(
+            f"vllm-epdp: warning: --version {forced}: using the {public_version(forced)} series on "
+            f"{what}, which it was not written for; the version and model runner reported are "
+            "the detected ones",
+            file=sys.stderr,
+        )
 
 
 def cmd_status(args) -> int:
@@ -183,20 +215,29 @@ def cmd_status(args) -> int:
     states = patching.status(target, patches)
     pending = patching.journal_pending(target.root)
     if args.json:
-        print(json.dumps({
-            "vllm": {
-                "kind": target.kind,
-                "distribution": target.distribution,
-                "version": target.version,  # as detected, whatever --version says
-                "location": str(target.package_dir),
-                "root": str(target.root),
-                "model_runner": target.model_runner,
-            },
-            "series": {"dir": str(directory), "version": directory.name[1:],
-                       "forced": bool(args.vllm_version), "patches": len(patches)},
-            "interrupted_run_journal": pending,
-            "patches": [s.to_json() for s in states],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "vllm": {
+                        "kind": target.kind,
+                        "distribution": target.distribution,
+                        "version": target.version,  # as detected, whatever --version says
+                        "location": str(target.package_dir),
+                        "root": str(target.root),
+                        "model_runner": target.model_runner,
+                    },
+                    "series": {
+                        "dir": str(directory),
+                        "version": directory.name[1:],
+                        "forced": bool(args.vllm_version),
+                        "patches": len(patches),
+                    },
+                    "interrupted_run_journal": pending,
+                    "patches": [s.to_json() for s in states],
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"vLLM          {target.distribution or 'source tree'} {target.version or 'unknown'}")
         print(f"location      {target.package_dir}")
@@ -236,9 +277,12 @@ def cmd_check(args) -> int:
     if args.json:
         print(json.dumps({"ok": ok, "patches": [s.to_json() for s in states]}, indent=2))
     else:
-        words = {patching.APPLIED: "already applied", patching.NOT_APPLIED: "applies",
-                 patching.CONFLICTS: "CONFLICTS",
-                 patching.OUTDATED: "OUTDATED (an older revision is applied)"}
+        words = {
+            patching.APPLIED: "already applied",
+            patching.NOT_APPLIED: "applies",
+            patching.CONFLICTS: "CONFLICTS",
+            patching.OUTDATED: "OUTDATED (an older revision is applied)",
+        }
         for s in states:
             print(f"{s.patch.number} {s.patch.subject}: {words[s.state]}")
             for d in s.details:
@@ -269,17 +313,29 @@ def _check_release(args) -> int:
     states = release_check.judge(root, patches)
     ok = all(s.state == release_check.APPLIES for s in states)
     if args.json:
-        print(json.dumps({"ok": ok, "release": release, "files": str(root / "vllm"),
-                          "series": str(public_version(version)), "series_chosen": why,
-                          "patches": [s.to_json() for s in states]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "release": release,
+                    "files": str(root / "vllm"),
+                    "series": str(public_version(version)),
+                    "series_chosen": why,
+                    "patches": [s.to_json() for s in states],
+                },
+                indent=2,
+            )
+        )
         return 0 if ok else 1
     print(f"vLLM {release} release files ({root / 'vllm'}), series {public_version(version)} ({why})")
     for s in states:
         print(f"{s.patch.number} {s.patch.subject}: {s.state.upper() if s.state != 'applies' else s.state}")
         for d in s.details:
             print(f"    {d}")
-    counts = {state: sum(s.state == state for s in states)
-              for state in (release_check.APPLIES, release_check.UPSTREAM, release_check.CONFLICTS)}
+    counts = {
+        state: sum(s.state == state for s in states)
+        for state in (release_check.APPLIES, release_check.UPSTREAM, release_check.CONFLICTS)
+    }
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     verdict = "the series applies" if ok else "the series does NOT apply as it is"
     print(f"vLLM {release}: {verdict} ({summary})")

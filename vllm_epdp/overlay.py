@@ -62,8 +62,12 @@ def cache_root() -> Path:
     return base / "vllm-epdp" / "overlays"
 
 
-def make_overlay(dest_root: str | Path | None = None, state: str = "patched", version: str | None = None,
-                 target: Target | None = None) -> Path:
+def make_overlay(
+    dest_root: str | Path | None = None,
+    state: str = "patched",
+    version: str | None = None,
+    target: Target | None = None,
+) -> Path:
     """Directory to put first on PYTHONPATH to import vLLM in ``state``.
 
     dest_root: where overlays are kept (default: cache_root()); the overlay is
@@ -94,11 +98,21 @@ def make_overlay(dest_root: str | Path | None = None, state: str = "patched", ve
     try:
         with patching.root_lock(target.root, shared=True):
             _copy_package(target.package_dir, tmp / "vllm")
-        overlay = Target(kind="overlay", root=tmp, version=target.version, distribution=target.distribution,
-                         model_runner=target.model_runner, record=target.record)
+        overlay = Target(
+            kind="overlay",
+            root=tmp,
+            version=target.version,
+            distribution=target.distribution,
+            model_runner=target.model_runner,
+            record=target.record,
+        )
         _bring_to_state(overlay, target, patches, state)
-        info = {"state": state, "version": version, "source": str(target.package_dir),
-                "patches": [p.name for p in patches] if state == "patched" else []}
+        info = {
+            "state": state,
+            "version": version,
+            "source": str(target.package_dir),
+            "patches": [p.name for p in patches] if state == "patched" else [],
+        }
         (tmp / _COMPLETE).write_text(json.dumps(info, indent=1))
         try:
             os.rename(tmp, final)
@@ -117,8 +131,7 @@ def _bring_to_state(overlay: Target, installed: Target, patches, state: str) -> 
     """Whatever state the installed vLLM is in: back to the wheel's bytes, then
     (patched) the whole series on top."""
     quiet = lambda line: None  # noqa: E731 - progress lines are for the CLI
-    reinstall = (f"reinstall it (pip install --force-reinstall --no-deps "
-                 f"{installed.distribution}=={installed.version})")
+    reinstall = f"reinstall it (pip install --force-reinstall --no-deps {installed.distribution}=={installed.version})"
     try:
         patching.revert(overlay, patches, log=quiet)
         # Every file, not just the series' files: an install patched by an older

@@ -158,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             root = releases.unpacked(version)
             pin, have = upstream_ruff_pin(root), ruff_version()
             if pin and pin != have:
-                print(f"patch_lint: vLLM {version} pins ruff {pin}, this is ruff {have}: "
-                      f"results may differ from upstream's (pip install ruff=={pin})", file=sys.stderr)
+                print(
+                    f"patch_lint: vLLM {version} pins ruff {pin}, this is ruff {have}: "
+                    f"results may differ from upstream's (pip install ruff=={pin})",
+                    file=sys.stderr,
+                )
             found = lint_series(version, root)
             for f in found:
                 print(f"v{version} {f}")

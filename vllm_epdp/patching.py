@@ -37,9 +37,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from vllm_epdp.errors import CheckFailed, EpdpError
 from vllm_epdp.series import Patch, parse_patch, run_git, select
@@ -84,6 +84,7 @@ class PatchStatus:
 
 # --------------------------------------------------------------------- git apply
 
+
 @dataclass
 class GitResult:
     ok: bool
@@ -126,7 +127,7 @@ def _problems(patch: Patch, output: str, reverse: bool) -> list[str]:
             problems.append(f"{m.group(1)} {what}")
             continue
         if line.startswith("error: ") and not line.endswith((": patch does not apply", "while searching for:")):
-            problems.append(line[len("error: "):])
+            problems.append(line[len("error: ") :])
     return problems or [output.strip().splitlines()[-1] if output.strip() else "git apply failed"]
 
 
@@ -143,7 +144,7 @@ class Scratch:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
 
-    def __enter__(self) -> "Scratch":
+    def __enter__(self) -> Scratch:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -154,6 +155,7 @@ class Scratch:
 
 
 # ------------------------------------------------------------------------ status
+
 
 def all_files(patches: Iterable[Patch]) -> list[str]:
     return sorted({f for p in patches for f in p.files})
@@ -168,17 +170,21 @@ def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
     if all(q is p for p, q in zip(patches, recorded)):
         return result
     on_disk = _stack_status(target, recorded)
-    if not any(q is not p and d.state == APPLIED
-               for p, q, d in zip(patches, recorded, on_disk)):
+    if not any(q is not p and d.state == APPLIED for p, q, d in zip(patches, recorded, on_disk)):
         return result
     # Older revisions are on disk: judge the whole stack by what is applied
     # (a patch stacked on an outdated one conflicts only because of it).
     for i, (p, q) in enumerate(zip(patches, recorded)):
         if q is not p and on_disk[i].state == APPLIED:
-            on_disk[i] = PatchStatus(p, OUTDATED, [
-                f"an older revision of {p.number} is applied (as recorded in "
-                f"{record_dir(target.root)} when it was applied): `vllm-epdp revert` takes off what "
-                "is applied, then `vllm-epdp apply` applies this series"])
+            on_disk[i] = PatchStatus(
+                p,
+                OUTDATED,
+                [
+                    f"an older revision of {p.number} is applied (as recorded in "
+                    f"{record_dir(target.root)} when it was applied): `vllm-epdp revert` takes off what "
+                    "is applied, then `vllm-epdp apply` applies this series"
+                ],
+            )
         else:
             on_disk[i] = PatchStatus(p, on_disk[i].state, on_disk[i].details)
     return on_disk
@@ -271,6 +277,7 @@ def conflict_summary(states: Iterable[PatchStatus]) -> str:
 
 # ----------------------------------------------------------------- apply/revert
 
+
 def apply(target: Target, patches: list[Patch], names: list[str] | None = None, log: Log = _stderr) -> list[Patch]:
     """Apply the selected patches (default: all) that are not applied yet.
     Returns the patches written; raises CheckFailed/EpdpError leaving no change."""
@@ -296,8 +303,7 @@ def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log
             swap = {p.number: q for p, q in zip(patches, _recorded(root, patches))}
             patches = [swap[p.number] if p.number in outdated else p for p in patches]
             selected = [swap[p.number] if p.number in outdated else p for p in selected]
-            every = [PatchStatus(swap[s.patch.number], APPLIED) if s.state == OUTDATED else s
-                     for s in every]
+            every = [PatchStatus(swap[s.patch.number], APPLIED) if s.state == OUTDATED else s for s in every]
         elif outdated & {p.number for p in selected}:
             numbers = ", ".join(sorted(outdated & {p.number for p in selected}))
             raise CheckFailed(
@@ -368,7 +374,7 @@ def _check_order(patches: list[Patch], todo: list[Patch], states: dict, reverse:
                     f"{p.number} builds on {q.number} (both change {shared[0]}), which is not "
                     f"applied: apply {q.number} too, or first"
                 )
-        for r in patches[i + 1:]:
+        for r in patches[i + 1 :]:
             shared = sorted(set(p.files) & set(r.files))
             if shared and states[r.name].state == APPLIED and (not reverse or r.name not in chosen):
                 raise EpdpError(
@@ -404,6 +410,7 @@ def _dry_run(target: Target, patches, todo, states, reverse: bool, touched: list
 
 
 # ------------------------------------------------------------------ safety nets
+
 
 def require_writable(target: Target, paths: Iterable[str]) -> None:
     """Fail before changing anything if any file, or the directory it is written
@@ -519,7 +526,7 @@ class Journal:
         self.dir = self.root / JOURNAL
         self._saved_handlers: dict = {}
 
-    def __enter__(self) -> "Journal":
+    def __enter__(self) -> Journal:
         new = self.root / _JOURNAL_NEW
         shutil.rmtree(new, ignore_errors=True)
         (new / "files").mkdir(parents=True)
@@ -567,9 +574,7 @@ class Journal:
                     exit_code=128 + exc.signum,
                 ) from None
             if isinstance(exc, KeyboardInterrupt):
-                raise EpdpError(
-                    f"interrupted: rolled back {n} file(s), the tree is as before", exit_code=130
-                ) from None
+                raise EpdpError(f"interrupted: rolled back {n} file(s), the tree is as before", exit_code=130) from None
             self.log(f"rolled back {n} file(s): the tree is as before")
             return False
         finally:

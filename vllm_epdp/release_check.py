@@ -65,8 +65,9 @@ def judge(release_root: Path, patches: list[Patch]) -> list[ReleaseState]:
             details = list(r.problems)
             below = sorted({missing[f] for f in p.files if f in missing})
             if below:
-                details.append(f"builds on {', '.join(below)}, which did not apply: "
-                               "this may clear once that one is fixed")
+                details.append(
+                    f"builds on {', '.join(below)}, which did not apply: this may clear once that one is fixed"
+                )
             for f in p.files:
                 missing.setdefault(f, p.number)
             result.append(ReleaseState(p, CONFLICTS, details))

@@ -46,8 +46,10 @@ def _sdist_entry(version: str) -> dict:
         with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as r:
             files = json.load(r)["files"]
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-        raise EpdpError(f"cannot read PyPI's index of vllm at {INDEX}/vllm/ ({exc}); "
-                        "check the network, or set VLLM_EPDP_PYPI_SIMPLE to a mirror") from None
+        raise EpdpError(
+            f"cannot read PyPI's index of vllm at {INDEX}/vllm/ ({exc}); "
+            "check the network, or set VLLM_EPDP_PYPI_SIMPLE to a mirror"
+        ) from None
     name = f"vllm-{version}.tar.gz"
     for f in files:
         if f["filename"] == name:

@@ -26,7 +26,7 @@ from vllm_epdp.errors import EpdpError
 
 HEADER_FIELDS = ("Symptom", "Root cause", "Fix", "Tested by", "Upstream", "Removal plan")
 
-_FIELD_RE = re.compile(r"^(%s):\s*(.*)$" % "|".join(re.escape(f) for f in HEADER_FIELDS))
+_FIELD_RE = re.compile(r"^({}):\s*(.*)$".format("|".join(re.escape(f) for f in HEADER_FIELDS)))
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _NUMBER_RE = re.compile(r"^(\d+)-")
 _NODE_ID_RE = re.compile(r"(?<![\w/])(tests/[\w/.-]+\.py(?:::[\w\[\].-]+)*)")
@@ -110,8 +110,7 @@ def patches_root() -> Path:
         if candidate.is_dir():
             return candidate
     raise EpdpError(
-        "no patch series found (neither vllm_epdp/_patches nor the repository's "
-        "patches/ exists): reinstall vllm-epdp"
+        "no patch series found (neither vllm_epdp/_patches nor the repository's patches/ exists): reinstall vllm-epdp"
     )
 
 
@@ -273,7 +272,7 @@ def _split_mail(lines: list[str], path: Path) -> tuple[str, list[str]]:
     in_subject = False
     for line in lines[:blank]:
         if line.startswith("Subject:"):
-            subject_parts.append(line[len("Subject:"):].strip())
+            subject_parts.append(line[len("Subject:") :].strip())
             in_subject = True
         elif in_subject and line[:1] in (" ", "\t"):
             subject_parts.append(line.strip())
@@ -286,7 +285,7 @@ def _split_mail(lines: list[str], path: Path) -> tuple[str, list[str]]:
         )
     subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", " ".join(subject_parts))
     body = []
-    for line in lines[blank + 1:]:
+    for line in lines[blank + 1 :]:
         if line == "---" or line.startswith("diff --git "):
             break
         body.append(line)
@@ -341,9 +340,7 @@ def _parse_diff(lines: list[str], path: Path) -> tuple[FileChange, ...]:
                 f"malformed patch {path}: it changes {c['path']}, outside vllm/; "
                 "series patches may only touch the vllm package"
             )
-    return tuple(
-        FileChange(c["path"], c["created"], c["deleted"], tuple(c["hunks"])) for c in changes
-    )
+    return tuple(FileChange(c["path"], c["created"], c["deleted"], tuple(c["hunks"])) for c in changes)
 
 
 def _git_validate(path: Path) -> None:
@@ -358,8 +355,6 @@ def _git_validate(path: Path) -> None:
 
 def run_git(args: list[str], cwd: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-        )
+        return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise EpdpError("git is not installed: vllm-epdp applies patches with `git apply`; install git") from None

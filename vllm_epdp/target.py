@@ -106,15 +106,13 @@ def detect_checkout(directory: str | Path) -> Target:
         raise EpdpError(f"--checkout {directory}: no such directory")
     if not (root / "vllm" / "__init__.py").is_file():
         raise EpdpError(
-            f"{root} is not a vLLM checkout (no vllm/__init__.py in it): pass the "
-            "top directory of a vLLM source tree"
+            f"{root} is not a vLLM checkout (no vllm/__init__.py in it): pass the top directory of a vLLM source tree"
         )
     version, why = _version_from_file(root), ""
     if version is None:
         version, why = _version_from_git(root)
     runner = model_runner(None, version) if version else "unknown (the version of this tree is unknown)"
-    return Target(kind="checkout", root=root, version=version, model_runner=runner,
-                  version_unknown_why=why)
+    return Target(kind="checkout", root=root, version=version, model_runner=runner, version_unknown_why=why)
 
 
 def model_runner(distribution: str | None, version: str) -> str:
@@ -147,7 +145,7 @@ def read_record(dist: metadata.Distribution) -> dict[str, RecordEntry]:
         if not row or not row[0].startswith("vllm/"):
             continue
         path, digest, size = (row + ["", ""])[:3]
-        sha = digest[len("sha256="):] if digest.startswith("sha256=") else None
+        sha = digest[len("sha256=") :] if digest.startswith("sha256=") else None
         entries[path] = RecordEntry(sha, int(size) if size.isdigit() else None)
     return entries
 
@@ -227,7 +225,9 @@ def _version_from_git(root: Path) -> tuple[str | None, str]:
     try:
         r = subprocess.run(
             ["git", "-C", str(root), "describe", "--tags", "--match", "v[0-9]*"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except FileNotFoundError:
         r = None

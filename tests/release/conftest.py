@@ -21,9 +21,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tool")]  # release_trees, tool_helpers
 
 from release_trees import RELEASE, copy_package  # noqa: E402
+
 from vllm_epdp import patching, releases  # noqa: E402
 from vllm_epdp.series import load_series  # noqa: E402
 from vllm_epdp.target import Target  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def release_033() -> Path:

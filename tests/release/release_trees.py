@@ -36,5 +36,3 @@ def make_site(release, dest):
                 record.writerow([str(path.relative_to(site)), f"sha256={digest}", len(data)])
         record.writerow([f"{info.name}/RECORD", "", ""])
     return site
-
-

@@ -36,8 +36,17 @@ def run_workers(script: Path, trees: dict[str, Path], tmp: Path, *args: str) -> 
     for name, tree in trees.items():
         out = tmp / f"{script.stem}-{name}.json"
         env = dict(env_for(tree), EPDP_RESULT=str(out))
-        procs[name] = (out, subprocess.Popen([sys.executable, str(script), *args], env=env, cwd=tmp,
-                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs[name] = (
+            out,
+            subprocess.Popen(
+                [sys.executable, str(script), *args],
+                env=env,
+                cwd=tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
     results = {}
     for name, (out, proc) in procs.items():
         log, _ = proc.communicate(timeout=240)
@@ -50,8 +59,7 @@ def run_workers(script: Path, trees: dict[str, Path], tmp: Path, *args: str) -> 
 @pytest.fixture(scope="module")
 def units(tree_033, tmp_path_factory):
     pristine, patched = tree_033
-    return run_workers(UNITS_WORKER, {"pristine": pristine, "patched": patched},
-                       tmp_path_factory.mktemp("units"))
+    return run_workers(UNITS_WORKER, {"pristine": pristine, "patched": patched}, tmp_path_factory.mktemp("units"))
 
 
 def missing(result: dict) -> bool:
@@ -60,8 +68,13 @@ def missing(result: dict) -> bool:
 
 def test_ep_requires_dp_padding(units):
     assert units["patched"]["ep_requires_dp_padding"] == {
-        "ep=False dp=1": False, "ep=False dp=2": False, "ep=False dp=4": False,
-        "ep=True dp=1": False, "ep=True dp=2": True, "ep=True dp=4": True}
+        "ep=False dp=1": False,
+        "ep=False dp=2": False,
+        "ep=False dp=4": False,
+        "ep=True dp=1": False,
+        "ep=True dp=2": True,
+        "ep=True dp=4": True,
+    }
     assert missing(units["pristine"]["ep_requires_dp_padding"])
 
 
@@ -103,7 +116,8 @@ def test_async_scheduling_decision(tree_033, tmp_path):
     # As released: async scheduling on under EP + DP, silently.
     assert d["pristine"]["ep_dp2_default"]["async_scheduling"] is True
     assert d["pristine"]["ep_dp2_default"]["log"] == [
-        ["INFO", "Disabling NCCL for DP synchronization when using async scheduling."]]
+        ["INFO", "Disabling NCCL for DP synchronization when using async scheduling."]
+    ]
     assert [m for level, m in d["pristine"]["ep_dp2_explicit"]["log"] if level == "WARNING"] == []
 
 
@@ -115,6 +129,6 @@ def test_packed_core_is_the_tested_one(repo_root):
     def created(version):
         (p,) = [p for p in load_series(version) if core in p.created_files]
         text = p.path.read_text()
-        return text[text.index("diff --git"):]  # the header differs: Tested by, Rebased
+        return text[text.index("diff --git") :]  # the header differs: Tested by, Rebased
 
     assert created("0.33.0") == created("0.32.0")

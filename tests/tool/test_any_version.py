@@ -8,19 +8,22 @@ import json
 import shutil
 
 import pytest
-
 import tool_helpers as th
+
 from vllm_epdp import series
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("version, nearest", [
-    ("0.31.0", "0.32.0"),  # older than every series: the oldest
-    ("0.32.1", "0.32.0"),  # between: the newest not newer
-    ("0.34.0", "0.33.0"),
-    ("0.33.0rc1", "0.32.0"),
-])
+@pytest.mark.parametrize(
+    "version, nearest",
+    [
+        ("0.31.0", "0.32.0"),  # older than every series: the oldest
+        ("0.32.1", "0.32.0"),  # between: the newest not newer
+        ("0.34.0", "0.33.0"),
+        ("0.33.0rc1", "0.32.0"),
+    ],
+)
 def test_nearest_series(patches_env, version, nearest):
     assert series.nearest_series(version) == nearest
 
@@ -29,8 +32,14 @@ def test_no_series_names_the_nearest_and_how_to_try_it(tmp_path, fake_patches):
     site = th.make_site(tmp_path, version="0.34.0")
     for cmd in (["status"], ["check"], ["apply"]):
         r = th.run_cli(cmd, site, fake_patches)
-        th.assert_one_line_error(r, 2, "no patch series for vLLM 0.34.0", "supported: 0.32.0, 0.33.0",
-                                 "nearest: 0.33.0", "vllm-epdp check --release 0.34.0 --version 0.33.0")
+        th.assert_one_line_error(
+            r,
+            2,
+            "no patch series for vLLM 0.34.0",
+            "supported: 0.32.0, 0.33.0",
+            "nearest: 0.33.0",
+            "vllm-epdp check --release 0.34.0 --version 0.33.0",
+        )
 
 
 def test_forced_version_warns_and_reports_the_real_vllm(tmp_path, fake_patches):
@@ -84,8 +93,13 @@ def test_check_release_per_patch(tmp_path, fake_patches):
     cache = tmp_path / "cache"
     root = fake_release(cache)
     before = th.snapshot(root)
-    check = lambda *a: th.run_cli(["check", "--release", "0.32.0", *a], None, fake_patches,  # noqa: E731
-                                  cwd=tmp_path, VLLM_EPDP_CACHE=cache)
+    check = lambda *a: th.run_cli(
+        ["check", "--release", "0.32.0", *a],
+        None,
+        fake_patches,  # noqa: E731
+        cwd=tmp_path,
+        VLLM_EPDP_CACHE=cache,
+    )
     r = check()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "series 0.32.0 (its own)" in r.stdout and "(3 applies)" in r.stdout
@@ -114,7 +128,12 @@ def test_check_release_without_its_own_series_takes_the_nearest(tmp_path, fake_p
     r = th.run_cli(["check", "--release", "0.32.5"], None, fake_patches, cwd=tmp_path, VLLM_EPDP_CACHE=cache)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "series 0.32.0 (the nearest; there is no 0.32.5 series)" in r.stdout
-    r = th.run_cli(["check", "--release", "0.32.5", "--checkout", str(tmp_path)], None, fake_patches,
-                   cwd=tmp_path, VLLM_EPDP_CACHE=cache)
+    r = th.run_cli(
+        ["check", "--release", "0.32.5", "--checkout", str(tmp_path)],
+        None,
+        fake_patches,
+        cwd=tmp_path,
+        VLLM_EPDP_CACHE=cache,
+    )
     th.assert_one_line_error(r, 2, "--release and --checkout")
     shutil.rmtree(cache)

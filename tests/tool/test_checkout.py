@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 import tool_helpers as th
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,8 +24,14 @@ def test_check_apply_revert_on_a_checkout(checkout, fake_patches):
     assert "0001 Change VALUE and line 30: applies" in r.stdout and "the series applies" in r.stdout
     r = th.run_cli(["apply", "--checkout", str(checkout)], None, fake_patches)
     assert r.returncode == 0, r.stderr
-    assert th.git(checkout, "status", "--porcelain").split() == ["M", "vllm/a.py", "M", "vllm/sub/b.py",
-                                                                 "??", "vllm/newpkg/"]
+    assert th.git(checkout, "status", "--porcelain").split() == [
+        "M",
+        "vllm/a.py",
+        "M",
+        "vllm/sub/b.py",
+        "??",
+        "vllm/newpkg/",
+    ]
     r = th.run_cli(["status", "--checkout", str(checkout)], None, fake_patches)
     assert r.returncode == 0, r.stderr
     assert "source tree 0.32.0" in r.stdout and "applied  0003" in r.stdout

@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 import tool_helpers as th
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,13 +27,16 @@ def first_patch(patches: Path) -> Path:
     return sorted((patches / "v0.32.0").glob("0001-*.patch"))[0]
 
 
-@pytest.mark.parametrize("breakage, needle", [
-    ("garbage", "no 'Subject:' mail header"),
-    ("no-diff", "it contains no diff"),
-    ("no-header-fields", "header lacks Root cause, Removal plan"),
-    ("corrupt-hunk", "corrupt patch"),
-    ("outside-vllm", "outside vllm/"),
-])
+@pytest.mark.parametrize(
+    "breakage, needle",
+    [
+        ("garbage", "no 'Subject:' mail header"),
+        ("no-diff", "it contains no diff"),
+        ("no-header-fields", "header lacks Root cause, Removal plan"),
+        ("corrupt-hunk", "corrupt patch"),
+        ("outside-vllm", "outside vllm/"),
+    ],
+)
 def test_malformed_patch_is_named(site, own_patches, breakage, needle):
     path = first_patch(own_patches)
     text = path.read_text()
@@ -43,7 +45,8 @@ def test_malformed_patch_is_named(site, own_patches, breakage, needle):
     elif breakage == "no-diff":
         path.write_text(text.split("diff --git")[0])
     elif breakage == "no-header-fields":
-        text = "\n".join(l for l in text.splitlines() if not l.startswith(("Root cause:", "Removal plan:", "  this")))
+        dropped = ("Root cause:", "Removal plan:", "  this")
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(dropped))
         path.write_text(text + "\n")
     elif breakage == "corrupt-hunk":
         path.write_text(text.replace("+VALUE = 2\n", "+VALUE = 2\n+extra line the counts do not allow\n"))
@@ -104,8 +107,14 @@ def test_vllm_not_installed(tmp_path, fake_patches):
     env = th.cli_env(None, fake_patches)
     env["PYTHONPATH"] = os.pathsep.join([str(th.REPO_ROOT), str(deps)])
     for cmd in (["status"], ["apply"]):
-        r = subprocess.run([sys.executable, "-S", "-m", "vllm_epdp.cli", *cmd], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-S", "-m", "vllm_epdp.cli", *cmd],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         th.assert_one_line_error(r, 2, "vLLM is not installed for", "--checkout DIR")
 
 
@@ -138,8 +147,9 @@ def test_status_works_without_verify_module(site, fake_patches, tmp_path):
     shutil.copytree(th.REPO_ROOT / "vllm_epdp", pkg, ignore=shutil.ignore_patterns("verify", "__pycache__"))
     env = th.cli_env(site, fake_patches)
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(shadow)])
-    run = lambda *a: subprocess.run([sys.executable, "-m", "vllm_epdp.cli", *a], env=env, cwd=tmp_path,
-                                    capture_output=True, text=True, timeout=60)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "vllm_epdp.cli", *a], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert run("status").returncode == 0
     th.assert_one_line_error(run("verify"), 2, "verify is not available")
 

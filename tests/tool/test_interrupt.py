@@ -15,8 +15,8 @@ import sys
 import time
 
 import pytest
-
 import tool_helpers as th
+
 from vllm_epdp import patching
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,7 +26,10 @@ def start_paused(cmd, site, patches):
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm_epdp.cli", *cmd],
         env=th.cli_env(site, patches, VLLM_EPDP_TEST_PAUSE_AFTER_PATCH=30),
-        cwd=site.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=site.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     seen = []

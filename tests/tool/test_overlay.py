@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-
 import tool_helpers as th
+
 from vllm_epdp import overlay
 from vllm_epdp.errors import EpdpError
 
@@ -24,8 +25,14 @@ def big_site(tmp_path):
 
 
 def build(site, patches, dest, state):
-    r = subprocess.run([sys.executable, "-c", MAKE, str(dest), state], env=th.cli_env(site, patches),
-                       cwd=site.parent, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", MAKE, str(dest), state],
+        env=th.cli_env(site, patches),
+        cwd=site.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -39,8 +46,8 @@ def test_pristine_and_patched_side_by_side(big_site, fake_patches, tmp_path):
     assert pristine != patched
     assert th.snapshot(site) == before, "making overlays must not touch the installed vLLM"
     assert th.snapshot(f"{pristine}/vllm") == th.snapshot(site / "vllm")
-    assert "VALUE = 2" in open(f"{patched}/vllm/a.py").read()
-    assert open(f"{patched}/vllm/newpkg/c.py").read() == "C = 'new'\n"
+    assert "VALUE = 2" in Path(patched, "vllm/a.py").read_text()
+    assert Path(patched, "vllm/newpkg/c.py").read_text() == "C = 'new'\n"
     # big binaries are shared, sources are real copies
     so = os.stat(site / "vllm/_C.abi3.so")
     assert os.stat(f"{patched}/vllm/_C.abi3.so").st_ino == so.st_ino
@@ -49,8 +56,14 @@ def test_pristine_and_patched_side_by_side(big_site, fake_patches, tmp_path):
     # the overlay wins over the installed package on PYTHONPATH
     env = th.cli_env(site, fake_patches)
     env["PYTHONPATH"] = patched + os.pathsep + env["PYTHONPATH"]
-    r = subprocess.run([sys.executable, "-c", "import vllm.a, vllm.newpkg.c; print(vllm.a.VALUE)"], env=env,
-                       cwd=site.parent, capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", "import vllm.a, vllm.newpkg.c; print(vllm.a.VALUE)"],
+        env=env,
+        cwd=site.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert r.stdout.strip() == "2"
 
 
@@ -60,7 +73,7 @@ def test_built_from_a_patched_install(site, fake_patches, tmp_path):
     pristine = build(site, fake_patches, tmp_path / "cache", "pristine")
     assert th.snapshot(f"{pristine}/vllm") == pristine_files
     patched = build(site, fake_patches, tmp_path / "cache", "patched")
-    assert "thirty-two" in open(f"{patched}/vllm/a.py").read()  # 0002 too, not just what the venv had
+    assert "thirty-two" in Path(patched, "vllm/a.py").read_text()  # 0002 too, not just what the venv had
 
 
 def test_cached_and_keyed_by_series(site, fake_patches, tmp_path, patches_env):
@@ -75,8 +88,9 @@ def test_cached_and_keyed_by_series(site, fake_patches, tmp_path, patches_env):
     import shutil
 
     shutil.copytree(fake_patches, other)
-    (other / "v0.32.0" / "series").write_text("\n".join(
-        l for l in (other / "v0.32.0" / "series").read_text().splitlines() if "0003" not in l) + "\n")
+    (other / "v0.32.0" / "series").write_text(
+        "\n".join(line for line in (other / "v0.32.0" / "series").read_text().splitlines() if "0003" not in line) + "\n"
+    )
     third = build(site, other, dest, "patched")
     assert third != first and not os.path.exists(os.path.join(third, "vllm/newpkg"))
     # the pristine overlay is the wheel's bytes whatever the series
@@ -85,9 +99,17 @@ def test_cached_and_keyed_by_series(site, fake_patches, tmp_path, patches_env):
 
 def test_concurrent_builds_agree(site, fake_patches, tmp_path):
     dest = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, "-c", MAKE, str(dest), "patched"], env=th.cli_env(site, fake_patches),
-                              cwd=site.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MAKE, str(dest), "patched"],
+            env=th.cli_env(site, fake_patches),
+            cwd=site.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert len({o.strip() for o, _ in outs}) == 1
@@ -108,17 +130,25 @@ def test_stale_temporary_builds_are_ignored_and_pruned(site, fake_patches, tmp_p
     assert os.path.exists(os.path.join(made, "vllm/newpkg/c.py"))
 
 
-@pytest.mark.parametrize("path, old, new, needle", [
-    ("vllm/sub/b.py", "'b'", "'hacked'", "vllm/sub/b.py hunk #1"),  # inside a hunk: conflict
-    ("vllm/a.py", "line_10 = 10", "line_10 = 0", "vllm/a.py (sha256 differs from RECORD)"),  # elsewhere
-    ("vllm/__init__.py", "A fake", "An edited fake", "vllm/__init__.py (sha256"),  # a file no patch touches
-    ("vllm/old_series.py", "", "X = 1", "vllm/old_series.py (not shipped"),  # left by an older series
-])
+@pytest.mark.parametrize(
+    "path, old, new, needle",
+    [
+        ("vllm/sub/b.py", "'b'", "'hacked'", "vllm/sub/b.py hunk #1"),  # inside a hunk: conflict
+        ("vllm/a.py", "line_10 = 10", "line_10 = 0", "vllm/a.py (sha256 differs from RECORD)"),  # elsewhere
+        ("vllm/__init__.py", "A fake", "An edited fake", "vllm/__init__.py (sha256"),  # a file no patch touches
+        ("vllm/old_series.py", "", "X = 1", "vllm/old_series.py (not shipped"),  # left by an older series
+    ],
+)
 def test_locally_modified_install_is_refused(site, fake_patches, tmp_path, path, old, new, needle):
     text = (site / path).read_text() if (site / path).exists() else ""
     (site / path).write_text(text.replace(old, new) if old else new)
-    r = subprocess.run([sys.executable, "-c", MAKE, str(tmp_path / "cache"), "pristine"],
-                       env=th.cli_env(site, fake_patches), cwd=site.parent, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", MAKE, str(tmp_path / "cache"), "pristine"],
+        env=th.cli_env(site, fake_patches),
+        cwd=site.parent,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
     assert "vllm_epdp.errors.EpdpError: cannot make a pristine overlay" in r.stderr
     assert needle in r.stderr and "--force-reinstall" in r.stderr
@@ -133,6 +163,11 @@ def test_unknown_state(patches_env):
 def test_half_changed_install_is_refused(site, fake_patches, tmp_path):
     (site / ".vllm-epdp-journal").mkdir()
     (site / ".vllm-epdp-journal" / "manifest.json").write_text('{"files": []}')
-    r = subprocess.run([sys.executable, "-c", MAKE, str(tmp_path / "cache"), "patched"],
-                       env=th.cli_env(site, fake_patches), cwd=site.parent, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", MAKE, str(tmp_path / "cache"), "patched"],
+        env=th.cli_env(site, fake_patches),
+        cwd=site.parent,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "interrupted vllm-epdp run" in r.stderr

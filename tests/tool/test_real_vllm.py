@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tool_helpers as th
+
 from vllm_epdp.target import detect_installed, wheel_mismatches
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,8 +59,9 @@ def test_status_apply_revert_round_trip(installed):
 
     script = Path(sys.executable).parent / "vllm-epdp"
     if script.exists():  # the console script of the editable install
-        r = subprocess.run([str(script), "status"], capture_output=True, text=True, timeout=120,
-                           env=th.cli_env(None, None))
+        r = subprocess.run(
+            [str(script), "status"], capture_output=True, text=True, timeout=120, env=th.cli_env(None, None)
+        )
     else:
         r = cli("status")
     assert r.returncode == 0, r.stderr
@@ -81,7 +82,9 @@ def test_status_apply_revert_round_trip(installed):
     r = cli("revert")
     assert f"revert done: {n} patch(es) reverted" in r.stderr
     assert set(states().values()) == {"not applied"}
-    assert wheel_mismatches(installed.root, installed.record) == [], "after revert every file must hash as shipped in the wheel"
+    assert wheel_mismatches(installed.root, installed.record) == [], (
+        "after revert every file must hash as shipped in the wheel"
+    )
 
 
 def test_check_on_a_source_checkout(vllm_pristine, tmp_path):
@@ -89,8 +92,7 @@ def test_check_on_a_source_checkout(vllm_pristine, tmp_path):
     the big binaries) committed to a fresh repository tagged v0.32.0."""
     pristine = Path(vllm_pristine["PYTHONPATH"].split(os.pathsep)[0])
     checkout = tmp_path / "vllm"
-    shutil.copytree(pristine / "vllm", checkout / "vllm",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copytree(pristine / "vllm", checkout / "vllm", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     th.git(checkout, "init", "-q")
     th.git(checkout, "add", "-A")
     th.git(checkout, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "vllm 0.32.0 sources")

@@ -51,7 +51,9 @@ def test_select(patches_env):
 
 def test_hunk_lookup_uses_new_lines_when_reverting():
     hunk = Hunk(2, 897, 898, "@@ -897,7 +898,7 @@")
-    patch = Patch("0001-x.patch", None, "x", {}, (FileChange("vllm/x.py", hunks=(Hunk(1, 8, 8, "@@ -8,7 +8,7 @@"), hunk)),))
+    patch = Patch(
+        "0001-x.patch", None, "x", {}, (FileChange("vllm/x.py", hunks=(Hunk(1, 8, 8, "@@ -8,7 +8,7 @@"), hunk)),)
+    )
     assert patch.find_hunk("vllm/x.py", 897) is hunk
     assert patch.find_hunk("vllm/x.py", 898, reverse=True) is hunk
     assert patch.find_hunk("vllm/x.py", 898) is None

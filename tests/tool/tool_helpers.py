@@ -52,8 +52,12 @@ def header(subject: str, **overrides) -> str:
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(Path(cwd).parent),
-               GIT_AUTHOR_DATE="2026-01-01T00:00:00", GIT_COMMITTER_DATE="2026-01-01T00:00:00")
+    env = dict(
+        os.environ,
+        GIT_CEILING_DIRECTORIES=str(Path(cwd).parent),
+        GIT_AUTHOR_DATE="2026-01-01T00:00:00",
+        GIT_COMMITTER_DATE="2026-01-01T00:00:00",
+    )
     r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
     return r.stdout
 
@@ -154,12 +158,23 @@ def cli_env(site: Path | None, patches: Path | None, **extra) -> dict:
     return env
 
 
-def run_cli(args, site: Path | None, patches: Path | None, python: str = sys.executable,
-            cwd: Path | None = None, prefix=(), timeout: float = 60, **extra) -> subprocess.CompletedProcess:
+def run_cli(
+    args,
+    site: Path | None,
+    patches: Path | None,
+    python: str = sys.executable,
+    cwd: Path | None = None,
+    prefix=(),
+    timeout: float = 60,
+    **extra,
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*prefix, python, "-m", "vllm_epdp.cli", *args],
-        env=cli_env(site, patches, **extra), cwd=cwd or (site.parent if site else REPO_ROOT),
-        capture_output=True, text=True, timeout=timeout,
+        env=cli_env(site, patches, **extra),
+        cwd=cwd or (site.parent if site else REPO_ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -168,7 +183,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess, code: int = 2, *needle
     err = r.stderr.strip()
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr, r.stderr
-    lines = [l for l in err.splitlines() if l.startswith("vllm-epdp: ")]
+    lines = [line for line in err.splitlines() if line.startswith("vllm-epdp: ")]
     assert lines, err
     message = lines[-1]
     assert "\n" not in message

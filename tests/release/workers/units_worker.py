@@ -10,7 +10,6 @@ import traceback
 from types import SimpleNamespace
 
 import torch
-
 import vllm
 
 result = {"vllm_file": vllm.__file__}
@@ -21,9 +20,9 @@ def check(name):
         try:
             result[name] = fn()
         except Exception as exc:  # the caller asserts on it
-            result[name] = {"error": f"{type(exc).__name__}: {exc}",
-                            "where": traceback.format_exc().splitlines()[-3:]}
+            result[name] = {"error": f"{type(exc).__name__}: {exc}", "where": traceback.format_exc().splitlines()[-3:]}
         return fn
+
     return run
 
 
@@ -32,8 +31,10 @@ def _():
     from vllm.v1.worker.dp_utils import ep_requires_dp_padding
 
     cases = [(ep, dp) for ep in (False, True) for dp in (1, 2, 4)]
-    return {f"ep={ep} dp={dp}": ep_requires_dp_padding(
-        SimpleNamespace(enable_expert_parallel=ep, data_parallel_size=dp)) for ep, dp in cases}
+    return {
+        f"ep={ep} dp={dp}": ep_requires_dp_padding(SimpleNamespace(enable_expert_parallel=ep, data_parallel_size=dp))
+        for ep, dp in cases
+    }
 
 
 @check("local_expert_pairs")
@@ -46,9 +47,13 @@ def _():
     ids = torch.tensor([[0, 5], [3, -1], [6, 7]])
     weights = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.3, 0.7]])
     rows, w, local, token = local_expert_pairs(hidden, weights, ids, expert_map)
-    return {"rows": rows.tolist(), "weights": w.squeeze(1).tolist(),
-            "local_ids": local.squeeze(1).tolist(), "local_dtype": str(local.dtype),
-            "token_of_row": token.tolist()}
+    return {
+        "rows": rows.tolist(),
+        "weights": w.squeeze(1).tolist(),
+        "local_ids": local.squeeze(1).tolist(),
+        "local_dtype": str(local.dtype),
+        "token_of_row": token.tolist(),
+    }
 
 
 @check("offline_dp_wave")
