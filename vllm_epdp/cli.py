@@ -214,6 +214,7 @@ def cmd_status(args) -> int:
     target, directory, patches = _target_and_series(args)
     states = patching.status(target, patches)
     pending = patching.journal_pending(target.root)
+    picked, runner_warnings = _runner_check(target, patches)
     if args.json:
         print(
             json.dumps(
@@ -225,7 +226,10 @@ def cmd_status(args) -> int:
                         "location": str(target.package_dir),
                         "root": str(target.root),
                         "model_runner": target.model_runner,
+                        # What this vLLM picks for a plain configuration, asked of it (None: could not ask).
+                        "model_runner_picked": picked and {"runner": picked.runner, "why": picked.why},
                     },
+                    "model_runner_warnings": runner_warnings,
                     "series": {
                         "dir": str(directory),
                         "version": directory.name[1:],
@@ -242,6 +246,10 @@ def cmd_status(args) -> int:
         print(f"vLLM          {target.distribution or 'source tree'} {target.version or 'unknown'}")
         print(f"location      {target.package_dir}")
         print(f"model runner  {target.model_runner}")
+        if picked is not None:
+            print(f"              this vLLM picks {picked.runner}: {picked.why}")
+        for warning in runner_warnings:
+            print(f"WARNING       {warning}")
         forced = " (--version)" if args.vllm_version else ""
         print(f"series        {directory}{forced} ({len(patches)} patch{'es' if len(patches) != 1 else ''})")
         if pending:
@@ -249,6 +257,21 @@ def cmd_status(args) -> int:
         print()
         _print_table(states)
     return 1 if any(s.state in _BLOCKED for s in states) else 0
+
+
+def _runner_check(target, patches):
+    """(the runner the installed vLLM picks or None, warnings for runner-level
+    patches that do not cover it). Asks vLLM itself, so only for the vLLM this
+    Python imports; a checkout or an unimportable vLLM gets no answer."""
+    from vllm_epdp import runners
+
+    if target.kind != "installed":
+        return None, []
+    try:
+        picked = runners.predict()
+    except EpdpError:
+        return None, []
+    return picked, runners.uncovered(patches, picked)
 
 
 # States that keep `apply` from running (exit 1 for status and check).

@@ -19,12 +19,13 @@ Switched on by ``VLLM_EPDP_NAN_WATCH=DIR`` (vllm_epdp/plugin.py calls
 Where the hooks go and why:
 - The model exists only after ``Worker.load_model`` (vllm/v1/worker/gpu_worker.py)
   returns; the CPU and XPU workers inherit that method, so wrapping it covers
-  every V1 platform. The plugin runs before or after that module is imported
+  every platform and both model runners. The plugin runs before or after that module is imported
   depending on the process, so we patch it on import (a meta-path hook) rather
   than importing worker code into the API-server process.
 - Which rows are real is known for sure only to the model runner: the first
   ``scheduler_output.total_num_scheduled_tokens`` rows of a forward from
-  ``execute_model``; none from ``_dummy_run``. Attention metadata cannot be
+  ``execute_model``; none from ``_dummy_run`` (Model Runner V2's goes through
+  ``execute_model(dummy_run=True)``). Attention metadata cannot be
   trusted for this: the reporters' fix declared padding rows "actual". We wrap
   those two methods on the runner instance (instance attributes shadow the
   class's methods for the runner's own ``self._dummy_run(...)`` calls too).
@@ -42,6 +43,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from vllm_epdp import runners
 
 _WORKER_MODULE = "vllm.v1.worker.gpu_worker"
 _MAX_ROWS_LOG = 5000
@@ -157,6 +160,9 @@ class _Watch:
         self.attached = True
         self.data["info"] = _rank_info()
         runner = worker.model_runner
+        # Which model runner really runs (V1 or V2), whatever was asked for.
+        self.data["info"]["runner"] = runners.runner_of(type(runner))
+        self.data["info"]["runner_class"] = f"{type(runner).__module__}.{type(runner).__qualname__}"
         self._wrap_runner(worker, runner)
         model = runner.get_model()
         layers = [(name, mod) for name, mod in model.named_modules() if type(mod).__name__.endswith("DecoderLayer")]
@@ -184,8 +190,13 @@ class _Watch:
             return execute_dummy_batch(*args, **kwargs)
 
         def execute_model_watched(scheduler_output, *args, **kwargs):
-            self.serving = True
-            self.real_stack.append(int(scheduler_output.total_num_scheduled_tokens))
+            # Model Runner V2's _dummy_run goes through execute_model with
+            # dummy_run=True and a made-up scheduler output that counts the
+            # dummy rows: none of them is real. Its profiling run is start-up.
+            if not kwargs.get("is_profile", False):
+                self.serving = True
+            real = 0 if kwargs.get("dummy_run", False) else int(scheduler_output.total_num_scheduled_tokens)
+            self.real_stack.append(real)
             try:
                 return execute_model(scheduler_output, *args, **kwargs)
             finally:
@@ -302,6 +313,7 @@ def summarize(outdir: str | os.PathLike) -> dict:
         "real_nonfinite_rows": 0,
         "pad_nonfinite_rows": 0,
         "startup_nonfinite_rows": 0,
+        "runners": [],  # model runners the processes ran ("V1", "V2")
         "modules": {},
     }
     for path in sorted(Path(outdir).glob("nan_watch-*.json")):
@@ -310,6 +322,9 @@ def summarize(outdir: str | os.PathLike) -> dict:
         except (OSError, ValueError):
             continue
         total["processes"] += 1
+        runner = data.get("info", {}).get("runner")
+        if runner and runner not in total["runners"]:
+            total["runners"].append(runner)
         for key in ("steps", "dummy_steps", "padded_steps", "padded_rows"):
             total[key] += data.get(key, 0)
         total["max_padded_rows"] = max(total["max_padded_rows"], data.get("max_padded_rows", 0))

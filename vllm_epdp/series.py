@@ -25,8 +25,12 @@ from packaging.version import InvalidVersion, Version
 from vllm_epdp.errors import EpdpError
 
 HEADER_FIELDS = ("Symptom", "Root cause", "Fix", "Tested by", "Upstream", "Removal plan")
+# Optional: "Model runners: V1, V2" on a patch that changes model-runner code,
+# naming the runners it covers (status warns when vLLM runs another one).
+OPTIONAL_FIELDS = ("Model runners", "Rebased")
+MODEL_RUNNERS = ("V1", "V2")
 
-_FIELD_RE = re.compile(r"^({}):\s*(.*)$".format("|".join(re.escape(f) for f in HEADER_FIELDS)))
+_FIELD_RE = re.compile(r"^({}):\s*(.*)$".format("|".join(re.escape(f) for f in HEADER_FIELDS + OPTIONAL_FIELDS)))
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _NUMBER_RE = re.compile(r"^(\d+)-")
 _NODE_ID_RE = re.compile(r"(?<![\w/])(tests/[\w/.-]+\.py(?:::[\w\[\].-]+)*)")
@@ -73,6 +77,15 @@ class Patch:
     @property
     def created_files(self) -> tuple[str, ...]:
         return tuple(c.path for c in self.changes if c.created)
+
+    @property
+    def model_runners(self) -> tuple[str, ...] | None:
+        """The model runners a runner-level patch covers (its ``Model runners:``
+        field), or None for a patch whose code both runners share."""
+        field_text = self.headers.get("Model runners")
+        if not field_text:
+            return None
+        return tuple(r for r in MODEL_RUNNERS if re.search(rf"\b{r}\b", field_text))
 
     @property
     def tested_by(self) -> list[str]:

