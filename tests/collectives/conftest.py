@@ -26,4 +26,4 @@ def series_without():
     before it). Uses the shared overlay helper of tests/runner."""
     from tests.runner.variants import env_with, overlay_without
 
-    return lambda number: env_with(overlay_without(number))
+    return lambda *numbers: env_with(overlay_without(*numbers))

@@ -12,12 +12,13 @@ def series_env():
 
 @pytest.fixture(scope="session")
 def series_without():
-    """series_without("0008") -> environment with every patch but 0008."""
-    cache: dict[str, dict] = {}
+    """series_without("0008") -> environment with every patch but 0008;
+    series_without("0010", "0013") without both."""
+    cache: dict[tuple[str, ...], dict] = {}
 
-    def make(number: str) -> dict:
-        if number not in cache:
-            cache[number] = env_with(overlay_without(number))
-        return cache[number]
+    def make(*numbers: str) -> dict:
+        if numbers not in cache:
+            cache[numbers] = env_with(overlay_without(*numbers))
+        return cache[numbers]
 
     return make

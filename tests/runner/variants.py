@@ -33,19 +33,25 @@ NAIVE_IDLE_JOIN = (
 )
 
 
-def overlay_without(number: str) -> Path:
-    """PYTHONPATH entry for the whole series minus the patch NNNN-*."""
+def overlay_without(*numbers: str) -> Path:
+    """PYTHONPATH entry for the whole series minus the patches NNNN-* named
+    (several when later patches build on an earlier one's lines: they are
+    taken out last first)."""
     target = detect_installed()
     patches = load_series(target.version)
-    matches = [p for p in patches if p.name.startswith(f"{number}-")]
-    if len(matches) != 1:
-        raise LookupError(f"patch {number} is not (exactly once) in the series")
-    (patch,) = matches
+    chosen = []
+    for number in numbers:
+        matches = [p for p in patches if p.name.startswith(f"{number}-")]
+        if len(matches) != 1:
+            raise LookupError(f"patch {number} is not (exactly once) in the series")
+        chosen.append(matches[0])
+    chosen.sort(key=patches.index, reverse=True)
+    label = "-".join(sorted(numbers))
     patched = overlay.make_overlay(state="patched")
-    final = patched.parent / f"{patched.name}-without-{number}"
+    final = patched.parent / f"{patched.name}-without-{label}"
     if (final / "vllm").is_dir() and (final / overlay._COMPLETE).is_file():
         return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-without-{number}-", dir=patched.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-without-{label}-", dir=patched.parent))
     try:
         # Hard links for the big binaries, as overlay.py does; git apply
         # replaces the files it changes, so links are never written through.
@@ -54,21 +60,22 @@ def overlay_without(number: str) -> Path:
         # work tree, where git apply would otherwise skip every path.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         env["GIT_CEILING_DIRECTORIES"] = str(tmp.resolve().parent)
-        subprocess.run(
-            ["git", "apply", "-R", "-p1", str(patch.path)],
-            cwd=tmp,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if (tmp / "vllm").is_dir() and not _reverted(tmp, patch):
-            raise RuntimeError(f"git apply -R {patch.name} changed nothing in {tmp}")
+        for patch in chosen:
+            subprocess.run(
+                ["git", "apply", "-R", "-p1", str(patch.path)],
+                cwd=tmp,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if (tmp / "vllm").is_dir() and not _reverted(tmp, patch):
+                raise RuntimeError(f"git apply -R {patch.name} changed nothing in {tmp}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, final, patch.name)
+    return _publish(tmp, final, "without " + label)
 
 
 def _publish(tmp: Path, final: Path, label: str) -> Path:

@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hw.add_argument("--ref-tp", type=int, help="tensor-parallel size of the DP=1 reference (default: --tp)")
     hw.add_argument("--dtype", help="model dtype with --model (default auto; float32 gives the exact token check)")
     hw.add_argument(
+        "--runner",
+        choices=("auto", "v1", "v2", "both"),
+        help="model runner: vLLM's own pick (auto), V1, V2 (Model Runner V2, vLLM's default on XPU and NVIDIA; "
+        "on CPU through Triton's interpreter: slow per step) or both, each against its own DP=1 reference "
+        "(default: both for the tiny models, auto with --model)",
+    )
+    hw.add_argument(
         "--launcher",
         choices=("mp", "torchrun"),
         default="mp",
@@ -141,6 +148,8 @@ def _make_plan(args) -> plan_mod.Plan:
             "qwen3-next": Model("qwen3-next", str(cache / "models" / "qwen3-next"), "bfloat16", "close"),
         }
         configs = plan_mod.embedded_configs()
+    runner = args.runner or ("auto" if args.model else "both")
+    configs = plan_mod.for_runners(configs, ["v1", "v2"] if runner == "both" else [runner])
     return plan_mod.select(models, configs, args.scenario, args.all)
 
 
@@ -188,21 +197,24 @@ def run(args) -> int:
     for config, scenarios in ordered:
         model = plan.models[config.model]
         if config.reference and not any(
-            res.outputs_seen for res in results.values() if res.config.model == config.model
+            res.outputs_seen
+            for res in results.values()
+            if (res.config.model, res.config.runner) == (config.model, config.runner)
         ):
-            _say(f"[verify] {config.name}: skipped, no target of {model.key} produced output")
+            _say(f"[verify] {config.key}: skipped, no target of {model.key} produced output")
             continue
-        workdir = workroot / config.name
+        workdir = workroot / config.key
         shutil.rmtree(workdir, ignore_errors=True)
         run_fn = server.run_server if config.launcher == "serve" else runner.run_offline
         result = run_fn(config, model, scenarios, workdir, settings)
-        results[config.name] = result
-        _say(f"[verify] {config.name}: {'done' if result.ok else 'FAILED'} ({result.wall_s:.0f} s)")
-    references = {r.config.model: r for r in results.values() if r.config.reference}
+        results[config.key] = result
+        _say(f"[verify] {config.key}: {'done' if result.ok else 'FAILED'} ({result.wall_s:.0f} s)")
+    references = {(r.config.model, r.config.runner): r for r in results.values() if r.config.reference}
     rows = []
     for config, _ in runs:  # table order: references first
-        if config.name in results:
-            rows.append(_assess(results[config.name], plan.models[config.model], references.get(config.model), args))
+        if config.key in results:
+            reference = references.get((config.model, config.runner))
+            rows.append(_assess(results[config.key], plan.models[config.model], reference, args))
     report = {
         "ok": bool(rows) and all(r["verdict"] == "PASS" for r in rows),
         "vllm": vllm_info,
@@ -230,6 +242,8 @@ def _assess(result, model: Model, reference, args) -> dict:
     config = result.config
     row = {
         "name": config.name,
+        "key": config.key,
+        "runner_asked": config.runner,
         "reference": config.reference,
         "describe": config.describe(),
         "model": model.key,
@@ -248,6 +262,12 @@ def _assess(result, model: Model, reference, args) -> dict:
     watch_dir = result.workdir / "nan_watch"
     watch = nan_watch.summarize(watch_dir) if watch_dir.exists() else None
     row["nan_watch"] = watch
+    row["runner"] = ran_runner(result.workdir, watch)
+    if config.runner != "auto" and row["runner"] not in (None, config.runner.upper()):
+        row["problems"].append(
+            f"asked for model runner {config.runner.upper()}, but vLLM ran {row['runner']}: "
+            "see the run's log for why it fell back"
+        )
     row["padding"] = (
         {k: watch[k] for k in ("padded_rows", "padded_steps", "max_padded_rows", "dummy_steps", "steps")}
         if watch
@@ -308,6 +328,22 @@ def _assess(result, model: Model, reference, args) -> dict:
     return row
 
 
+def ran_runner(workdir: Path, watch: dict | None) -> str | None:
+    """The model runner a run really used: what nan_watch saw in the worker
+    (the runner's class), else vLLM's own log line for V2 (V1 logs none of its
+    own); None if no engine got that far."""
+    from vllm_epdp import runners
+
+    if watch and watch.get("runners"):
+        return "+".join(sorted(watch["runners"]))
+    logs = [p.read_text(errors="replace") for p in Path(workdir).glob("*.log")]
+    if any(runners.V2_LOG_LINE in text for text in logs):
+        return "V2"
+    if any("Initializing a V1 LLM engine" in text for text in logs):  # the engine, not the runner
+        return "V1"
+    return None
+
+
 def _nan_cell(row: dict) -> str:
     w = row.get("nan_watch")
     parts = []
@@ -326,6 +362,7 @@ def _nan_cell(row: dict) -> str:
 def format_table(report: dict) -> str:
     header = (
         "configuration",
+        "runner",
         "scenarios",
         "tokens matched",
         "max |dlogprob|",
@@ -347,6 +384,7 @@ def format_table(report: dict) -> str:
         lines.append(
             (
                 f"{r['name']} ({r['describe']}, {r['model']} {r['dtype']})",
+                r.get("runner") or "?",
                 ",".join(r["scenario_names"]) or "-",
                 matched,
                 diff,
@@ -362,7 +400,7 @@ def format_table(report: dict) -> str:
     out += [fmt.format(*cells) for cells in lines]
     for r in report["configs"]:
         for p in r["problems"]:
-            out.append(f"\n{r['name']}: {p}")
+            out.append(f"\n{r['key']}: {p}")
     verdict = "all configurations match DP=1" if report["ok"] else "MISMATCH, NaN, HANG or ERROR: see above"
     out.append(
         f"\nvLLM {report['vllm']['version']} ({report['vllm']['location']}); fp32 tolerance {report['tolerance']:g};"

@@ -40,6 +40,12 @@ class Config:
     scenarios: tuple[str, ...]  # run by default
     more: tuple[str, ...] = ()  # added by --all
     reference: bool = False
+    runner: str = "auto"  # model runner to run: "v1", "v2" or "auto" (vLLM's own pick)
+
+    @property
+    def key(self) -> str:
+        """Unique per run: the name, with the runner when one is asked for."""
+        return self.name if self.runner == "auto" else f"{self.name}@{self.runner}"
 
     def describe(self) -> str:
         parts = [f"DP={self.dp}", f"TP={self.tp}"] + (["EP"] if self.ep else [])
@@ -51,22 +57,27 @@ class Config:
 class Plan:
     models: dict[str, Model]
     configs: list[Config]  # references first
-    selected: dict[str, list[str]]  # config name -> scenarios to run, ordered
+    selected: dict[str, list[str]]  # config key -> scenarios to run, ordered
 
     def runs(self) -> list[tuple[Config, list[str]]]:
-        return [(c, self.selected[c.name]) for c in self.configs if self.selected.get(c.name)]
+        return [(c, self.selected[c.key]) for c in self.configs if self.selected.get(c.key)]
 
     def listing(self) -> list[str]:
-        entries = [
-            (f"{c.name}/{s}", "default" if s in c.scenarios else "--all", c, s)
-            for c in self.configs
-            if not c.reference
-            for s in c.scenarios + c.more
-        ]
+        runners: dict[str, list[str]] = {}
+        for c in self.configs:
+            runners.setdefault(c.name, []).append(c.runner)
+        seen = set()
+        entries = []
+        for c in self.configs:
+            if c.reference or c.name in seen:
+                continue
+            seen.add(c.name)
+            for s in c.scenarios + c.more:
+                entries.append((f"{c.name}/{s}", "default" if s in c.scenarios else "--all", c, s))
         width = max((len(e[0]) for e in entries), default=0)
         return [
             f"{name:<{width}}  {mark:<7}  {self.models[c.model].key} {self.models[c.model].dtype}, "
-            f"{c.describe()}: {ALL_SCENARIOS[s].summary}"
+            f"{c.describe()}, runner {'+'.join(runners[c.name])}: {ALL_SCENARIOS[s].summary}"
             for name, mark, c, s in entries
         ]
 
@@ -91,10 +102,17 @@ def user_configs(model_key: str, dp: int, tp: int, launcher: str, ref_tp: int) -
     ]
 
 
+def for_runners(configs: list[Config], runners: list[str]) -> list[Config]:
+    """Each configuration once per model runner asked for (references too:
+    each runner is compared with its own DP=1 run), references first."""
+    out = [dataclasses.replace(c, runner=r) for r in runners for c in configs if c.reference]
+    return out + [dataclasses.replace(c, runner=r) for r in runners for c in configs if not c.reference]
+
+
 def select(models: dict[str, Model], configs: list[Config], patterns: list[str], everything: bool) -> Plan:
     """Pick CONFIG/SCENARIO pairs: the defaults, all with ``everything``, or
     those matching any of ``patterns`` (fnmatch on "config/scenario", on the
-    config name or on the scenario name)."""
+    config name or on the scenario name), for every runner of ``configs``."""
     selected: dict[str, list[str]] = {}
     matched_patterns = set()
     for c in configs:
@@ -112,14 +130,19 @@ def select(models: dict[str, Model], configs: list[Config], patterns: list[str],
         else:
             chosen = list(pool if everything else c.scenarios)
         if chosen:
-            selected[c.name] = sorted(set(chosen), key=SCENARIO_ORDER.index)
+            selected[c.key] = sorted(set(chosen), key=SCENARIO_ORDER.index)
     unknown = [p for p in patterns if p not in matched_patterns]
     if unknown:
         raise EpdpError(f"no scenario matches {', '.join(unknown)}; see `vllm-epdp verify --list`")
     # Each model's reference runs every scenario its selected targets run.
     for c in configs:
         if c.reference:
-            need = {s for t in configs if t.model == c.model and not t.reference for s in selected.get(t.name, [])}
+            need = {
+                s
+                for t in configs
+                if t.model == c.model and t.runner == c.runner and not t.reference
+                for s in selected.get(t.key, [])
+            }
             if need:
-                selected[c.name] = sorted(need, key=SCENARIO_ORDER.index)
+                selected[c.key] = sorted(need, key=SCENARIO_ORDER.index)
     return Plan(models, configs, selected)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_epdp import procs
+from vllm_epdp import procs, runners
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.rank import PROGRESS
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
@@ -87,7 +87,7 @@ def base_env(config: Config, model: Model, settings: Settings, workdir: Path) ->
     if settings.ledger:
         env["VLLM_EPDP_LEDGER"] = str(workdir / "ledger")
     env.update(settings.extra_env)
-    return env
+    return runners.runner_env(config.runner, env, settings.device)
 
 
 class ProgressReader:
@@ -181,12 +181,12 @@ def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Pat
                 procs.ProcSpec(f"rank{rank}", module + [str(spec_path)], rank_env, workdir / f"rank{rank}.log")
             )
     settings.say(
-        f"[verify] {config.name}: starting {len(specs) if config.launcher != 'torchrun' else config.dp * config.tp}"
+        f"[verify] {config.key}: starting {len(specs) if config.launcher != 'torchrun' else config.dp * config.tp}"
         f" process(es), {config.describe()}, {model.key} {model.dtype}; scenarios: {', '.join(scenarios)}"
     )
-    reader = ProgressReader(config.name, [s.log for s in specs], len(scenarios), settings.say)
+    reader = ProgressReader(config.key, [s.log for s in specs], len(scenarios), settings.say)
     started = time.monotonic()
-    with procs.ProcGroup(config.name, specs, settings.timeout_s) as group:
+    with procs.ProcGroup(config.key, specs, settings.timeout_s) as group:
         outcome = group.wait(on_tick=reader)
     reader()
     wall = time.monotonic() - started

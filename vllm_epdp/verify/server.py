@@ -92,12 +92,12 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
     env = base_env(config, model, settings, workdir)
     log = workdir / "server.log"
     spec = procs.ProcSpec("server", argv, env, log)
-    settings.say(f"[verify] {config.name}: starting vllm serve on 127.0.0.1:{port}, {config.describe()}")
+    settings.say(f"[verify] {config.key}: starting vllm serve on 127.0.0.1:{port}, {config.describe()}")
     started = time.monotonic()
     base = f"http://127.0.0.1:{port}"
     outputs: dict[str, dict[str, dict]] = {s: {} for s in scenarios}
     engine_up = None
-    group = procs.ProcGroup(config.name, [spec], settings.timeout_s)
+    group = procs.ProcGroup(config.key, [spec], settings.timeout_s)
     with group:  # starts the server; closing kills it and everything it started
         # Ready when /health answers; a dead server or the deadline ends it.
         while _get(base + "/health", 2.0) != 200:
@@ -117,7 +117,7 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
                 return _hung(group, config, scenarios, outputs, started, workdir, "server never became ready")
             time.sleep(1.0)
         engine_up = time.monotonic() - started
-        settings.say(f"[verify] {config.name}: server up after {engine_up:.0f} s")
+        settings.say(f"[verify] {config.key}: server up after {engine_up:.0f} s")
         for name in scenarios:
             requests = ALL_SCENARIOS[name].requests()
             left = max(10.0, settings.timeout_s - group.elapsed())
@@ -144,7 +144,7 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
             except (urllib.error.URLError, TimeoutError, OSError, KeyError, ValueError) as exc:
                 if isinstance(exc, (TimeoutError,)) or "timed out" in str(exc):
                     return _hung(group, config, scenarios, outputs, started, workdir, f"request timed out ({exc})")
-                outcome = procs.Outcome(config.name, group.exited(), False, group.elapsed(), logs={"server": log})
+                outcome = procs.Outcome(config.key, group.exited(), False, group.elapsed(), logs={"server": log})
                 group.close()
                 return RunResult(
                     config,
@@ -154,10 +154,10 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
                     time.monotonic() - started,
                     engine_up,
                     workdir,
-                    f"{config.name}: request failed: {exc}\n" + outcome.describe(log_lines=0),
+                    f"{config.key}: request failed: {exc}\n" + outcome.describe(log_lines=0),
                 )
             settings.say(
-                f"[verify] {config.name}: {name}: {len(requests)} concurrent requests in {time.monotonic() - t0:.1f} s"
+                f"[verify] {config.key}: {name}: {len(requests)} concurrent requests in {time.monotonic() - t0:.1f} s"
             )
         # Stop the way a user does (Ctrl-C) so every process finishes its last
         # step and its diagnostics (ledger, nan_watch) are complete; the group
@@ -171,16 +171,16 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
         codes = group.exited()
         left = group.members()
         stacks = group.dump_stacks() if left else ""
-    outcome = procs.Outcome(config.name, codes, bool(left), time.monotonic() - started, stacks, logs={"server": log})
+    outcome = procs.Outcome(config.key, codes, bool(left), time.monotonic() - started, stacks, logs={"server": log})
     error = ""
     if left:
         error = (
-            f"{config.name}: {len(left)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
+            f"{config.key}: {len(left)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
             f"SIGINT (killed)\n" + outcome.describe(log_lines=0)
         )
     elif codes["server"] != 0:
         error = (
-            f"{config.name}: the server, stopped with SIGINT, ended with {procs.describe_returncode(codes['server'])}\n"
+            f"{config.key}: the server, stopped with SIGINT, ended with {procs.describe_returncode(codes['server'])}\n"
             + outcome.describe(log_lines=0)
         )
     return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir, error)
@@ -191,7 +191,7 @@ def _hung(group, config, scenarios, outputs, started, workdir, why) -> RunResult
     codes = group.exited()
     group.close()
     outcome = procs.Outcome(
-        config.name, codes, True, time.monotonic() - started, stacks, {"server": workdir / "server.log"}
+        config.key, codes, True, time.monotonic() - started, stacks, {"server": workdir / "server.log"}
     )
     return RunResult(
         config,
