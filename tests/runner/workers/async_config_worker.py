@@ -53,6 +53,7 @@ for name, case in CASES.items():
     sc = SchedulerConfig(max_model_len=2048, is_encoder_decoder=False, async_scheduling=case["async_"])
     config = VllmConfig(parallel_config=pc, scheduler_config=sc)
     result[name] = {
+        "use_v2_model_runner": config.use_v2_model_runner,
         "async_scheduling": config.scheduler_config.async_scheduling,
         "disable_nccl_for_dp_sync": config.parallel_config.disable_nccl_for_dp_synchronization,
         "log": [(r.levelname, r.getMessage()) for r in records if "sync scheduling" in r.getMessage()],
