@@ -52,24 +52,35 @@ def _dp_counts(run) -> dict:
     return {k: v for k, v in run["counts"].items() if not k.startswith("unknown")}
 
 
-def test_idle_rank_and_split_batches_stay_in_step(series_env, moe_model, tmp_path):
+# Where each runner's worker waits in the DP step's all-reduce.
+DP_SYNC = {"v1": "coordinate_batch_across_dp", "v2": "sync_cudagraph_and_dp_padding"}
+
+
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+def test_idle_rank_and_split_batches_stay_in_step(series_env, moe_model, tmp_path, runner):
     schedule = [UNEVEN[r] + [ONE_TOKEN_ROUND[r]] * 3 for r in range(2)]
-    run = run_schedule(series_env, moe_model, tmp_path, schedule, ep=True, timeout_s=300, frontend_gap_s=FRONTEND_GAP_S)
+    run = run_schedule(
+        series_env, moe_model, tmp_path, schedule, ep=True, timeout_s=300, frontend_gap_s=FRONTEND_GAP_S,
+        runner=runner, nan_watch=True,
+    )  # fmt: skip
     assert run["outcome"].ok, run["outcome"].describe()
+    assert run["runners"] == [runner.upper()]
     assert run["ledger_mismatches"] == []
     assert sorted(len(r["token_ids"]) for r in run["results"].values()) == [1] * 24 + [3, 4, 9, 12, 30]
 
 
-def test_without_0012_split_batch_hangs(moe_model, tmp_path):
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+def test_without_0012_split_batch_hangs(moe_model, tmp_path, runner):
     """The known failure: the 1-token round never finishes on rank 0."""
     env = env_with(overlay_without("0012"))
     run = run_schedule(
-        env, moe_model, tmp_path, SPLIT_BATCH, ep=True, timeout_s=300, stall_s=30, frontend_gap_s=FRONTEND_GAP_S
-    )
+        env, moe_model, tmp_path, SPLIT_BATCH, ep=True, timeout_s=300, stall_s=30, frontend_gap_s=FRONTEND_GAP_S,
+        runner=runner,
+    )  # fmt: skip
     outcome = run["outcome"]
     assert not outcome.ok and outcome.timed_out, outcome.describe()
     assert run["ledger_mismatches"], "expected rank 0 one DP collective ahead"
-    assert "coordinate_batch_across_dp" in outcome.stacks  # rank 0's worker
+    assert DP_SYNC[runner] in outcome.stacks  # rank 0's worker, in its runner's DP sync
     assert "_process_input_queue" in outcome.stacks  # rank 1's engine, idle
 
 
