@@ -21,7 +21,7 @@ import pytest
 from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, SOAK, free_port, verdict
 
 from tests.runner.variants import NAIVE_IDLE_JOIN, env_with, overlay_with_edit
-from vllm_epdp import ledger, procs
+from vllm_epdp import ledger, procs, runners
 
 
 @contextlib.contextmanager
@@ -41,9 +41,13 @@ def serving(env: dict, model: Path, tmp_path: Path):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_path):
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_path, runner):
+    """Both model runners behind `vllm serve` (V2 is what serves on XPU and
+    NVIDIA), each against the same offline DP=1 reference."""
     client_log = tmp_path / "client.log"
-    with serving(example_env, tiny_moe, tmp_path) as (url, group, server_log, ledger_dir):
+    env = runners.runner_env(runner, example_env)
+    with serving(env, tiny_moe, tmp_path) as (url, group, server_log, ledger_dir):
         try:
             with open(client_log, "w") as log:
                 res = subprocess.run(
@@ -111,7 +115,10 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
     text = client_log.read_text(errors="replace")
     assert alive, "server exited early:\n" + procs.log_tail(server_log, 60)
     assert res.returncode == 0, text[-3000:] + "\n--- server:\n" + procs.log_tail(server_log, 40)
-    assert "EngineCore_DP1" in server_log.read_text(errors="replace")  # really two DP engines
+    log_text = server_log.read_text(errors="replace")
+    assert "EngineCore_DP1" in log_text  # really two DP engines
+    # The runner asked for ran: vLLM logs this line when it builds a V2 runner.
+    assert (runners.V2_LOG_LINE in log_text) == (runner == "v2")
     assert verdict(client_log).startswith("VERDICT: PASS 16/16 answers matched"), text
     assert quiet, "the engines' ledgers kept growing after the last request"
     mismatches = ledger.compare(ledger_dir)
