@@ -132,3 +132,20 @@ def test_packed_core_is_the_tested_one(repo_root):
         return text[text.index("diff --git") :]  # the header differs: Tested by, Rebased
 
     assert created("0.33.0") == created("0.32.0")
+
+
+def test_v2_dp_sync_pads_under_ep(tree_033, tmp_path):
+    """Both runners' DP syncs on 0.33.0's own Python, 2 gloo ranks (the
+    worker of tests/runner/test_dp_padding.py): with the series every rank
+    runs the DP-wide count under EP; as released, each its own."""
+    from tests.runner.ranks import run_ranks
+
+    steps = [[37, 1], [1, 512], [5, 5]]
+    for name, tree in zip(("pristine", "patched"), tree_033):
+        outcome, results = run_ranks("dp_padding_worker", 2, tmp_path / name, env=env_for(tree), timeout_s=240)
+        assert outcome.ok, outcome.describe()
+        for rank, r in enumerate(results):
+            for runner in ("v1", "v2"):
+                want = [[max(c), [max(c)] * 2] for c in steps] if name == "patched" else [[c[rank], c] for c in steps]
+                assert r[f"{runner}_ep"] == want, (name, runner)
+                assert r[f"{runner}_no_ep"] == [[c[rank], c] for c in steps], (name, runner)
