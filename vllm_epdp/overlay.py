@@ -12,9 +12,8 @@ states side by side without ever touching the venv.
   mtimes so the venv's cached bytecode stays valid in the copy.
 * Brought to ``state`` with patching.revert/apply; the pristine state is checked
   against the wheel's RECORD, every file by hash (~2 s, once per build).
-* Cached under ``<repo>/.cache/overlays`` (or $VLLM_EPDP_CACHE, or
-  ~/.cache/vllm-epdp/overlays outside a repository) by a key over the series
-  content, the state, and the installed wheel's RECORD; built in a temporary
+* Cached under ``overlays/`` of vllm-epdp's cache (vllm_epdp/cache.py) by a
+  key over the series content, the state, and the installed wheel's RECORD; built in a temporary
   directory and renamed into place, so a killed or concurrent build never
   leaves a half overlay where a reader could find it.
 """
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 from vllm_epdp import patching
+from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.series import load_series, series_hash
 from vllm_epdp.target import Target, detect_installed, wheel_mismatches
@@ -43,23 +43,9 @@ _STALE_TMP_S = 3600  # a temporary build this old belongs to a killed run
 _UNUSED_S = 2 * 3600  # overlays (e.g. of an older series) unused this long are removed
 
 
-def repo_root() -> Path | None:
-    """The vllm-epdp source repository this package runs from, if any."""
-    candidate = Path(__file__).resolve().parent.parent
-    pyproject = candidate / "pyproject.toml"
-    if pyproject.is_file() and 'name = "vllm-epdp"' in pyproject.read_text():
-        return candidate
-    return None
-
-
-def cache_root() -> Path:
-    if os.environ.get("VLLM_EPDP_CACHE"):
-        return Path(os.environ["VLLM_EPDP_CACHE"]) / "overlays"
-    repo = repo_root()
-    if repo is not None:
-        return repo / ".cache" / "overlays"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "vllm-epdp" / "overlays"
+def overlays_dir() -> Path:
+    """Where overlays are kept unless make_overlay is told otherwise."""
+    return cache_root() / "overlays"
 
 
 def make_overlay(
@@ -70,7 +56,7 @@ def make_overlay(
 ) -> Path:
     """Directory to put first on PYTHONPATH to import vLLM in ``state``.
 
-    dest_root: where overlays are kept (default: cache_root()); the overlay is
+    dest_root: where overlays are kept (default: overlays_dir()); the overlay is
     ``dest_root/<state>-<key>/vllm``. version: the series to use (default: the
     installed vLLM's). target: the installed vLLM (default: detect_installed()).
     """
@@ -82,7 +68,7 @@ def make_overlay(
     version = version or target.version
     patches = load_series(version)
     key = _key(target, state, version)
-    dest_root = Path(dest_root) if dest_root is not None else cache_root()
+    dest_root = Path(dest_root) if dest_root is not None else overlays_dir()
     dest_root.mkdir(parents=True, exist_ok=True)
     final = dest_root / f"{state}-{key}"
     if (final / _COMPLETE).is_file():

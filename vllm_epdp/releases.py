@@ -8,8 +8,8 @@ The wheel would add ~300 MB of compiled kernels that no such check reads.
 
 Found through PyPI's JSON simple API (PEP 691); the download is checked
 against the sha256 PyPI publishes, written to a temporary name and renamed,
-so a cache never holds half an archive. Cache: ``$VLLM_EPDP_CACHE/releases``,
-else ``<repository>/.cache/releases``, else ``~/.cache/vllm-epdp/releases``.
+so a cache never holds half an archive. Cache: ``releases/`` of vllm-epdp's
+cache (vllm_epdp/cache.py).
 """
 
 from __future__ import annotations
@@ -25,19 +25,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
 
 INDEX = os.environ.get("VLLM_EPDP_PYPI_SIMPLE", "https://pypi.org/simple")
 _TIMEOUT_S = 60
 
 
-def cache_root() -> Path:
-    if os.environ.get("VLLM_EPDP_CACHE"):
-        return Path(os.environ["VLLM_EPDP_CACHE"]) / "releases"
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").is_file() and (repo / "patches").is_dir():
-        return repo / ".cache" / "releases"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vllm-epdp" / "releases"
+def releases_dir() -> Path:
+    """Where release archives and their unpacked trees are kept."""
+    return cache_root() / "releases"
 
 
 def _sdist_entry(version: str) -> dict:
@@ -59,7 +56,7 @@ def _sdist_entry(version: str) -> dict:
 
 def sdist(version: str, say=lambda line: print(line, file=sys.stderr)) -> Path:
     """Path of the release's sdist archive, downloaded on first use."""
-    dest = cache_root() / f"vllm-{version}.tar.gz"
+    dest = releases_dir() / f"vllm-{version}.tar.gz"
     if dest.is_file():
         return dest
     entry = _sdist_entry(version)
@@ -87,7 +84,7 @@ def sdist(version: str, say=lambda line: print(line, file=sys.stderr)) -> Path:
 def unpacked(version: str, say=lambda line: print(line, file=sys.stderr)) -> Path:
     """Directory holding the release's sdist unpacked (``vllm/``,
     ``pyproject.toml``, ``tests/``, ...), made once from the cached archive."""
-    root = cache_root() / f"vllm-{version}"
+    root = releases_dir() / f"vllm-{version}"
     if (root / "pyproject.toml").is_file():
         return root
     archive = sdist(version, say)

@@ -3,7 +3,7 @@
 release_033     directory of vLLM 0.33.0's sdist unpacked (vllm/, pyproject.toml,
                 tests/): fetched from PyPI by vllm_epdp.releases the first time
                 (47 MB download, 150 MB unpacked, ~10 s), then read from the cache
-                (.cache/releases, or $VLLM_EPDP_CACHE/releases); never written.
+                (releases/ of vllm_epdp.cache's directory); never written.
                 The only network use of these tests.
 tree_033        (pristine, patched): copies of its vllm/ package, one as
                 released, one with the whole 0.33.0 series applied by the

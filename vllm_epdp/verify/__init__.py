@@ -17,13 +17,13 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.verify import compare
 from vllm_epdp.verify import plan as plan_mod
@@ -87,25 +87,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=compare.DEFAULT_TOLERANCE,
         help=f"max |logprob difference| for fp32 models (default {compare.DEFAULT_TOLERANCE:g})",
     )
-    out.add_argument("--cache-dir", metavar="DIR", help="where the tiny models are built (default ~/.cache/vllm-epdp)")
+    out.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="the tiny models are built in DIR/models (default: vllm-epdp's cache: $VLLM_EPDP_CACHE, "
+        "<repository>/.cache in a source checkout, else ~/.cache/vllm-epdp)",
+    )
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("VLLM_EPDP_CACHE")
-    if env:
-        return Path(env)
-    home = Path.home() / ".cache" / "vllm-epdp"
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        if os.access(home, os.W_OK):
-            return home
-    except OSError:
-        pass
-    return Path(__file__).resolve().parents[2] / ".cache"
 
 
 def _vllm_location() -> dict:
@@ -142,7 +133,7 @@ def _make_plan(args) -> plan_mod.Plan:
                 "--dp/--tp/--ref-tp/--dtype/--launcher apply to --model; "
                 "the tiny models have fixed configurations (see --list)"
             )
-        cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        cache = Path(args.cache_dir) if args.cache_dir else cache_root()
         models = {
             "qwen3-moe": Model("qwen3-moe", str(cache / "models" / "qwen3-moe"), "float32", "exact"),
             "qwen3-next": Model("qwen3-next", str(cache / "models" / "qwen3-next"), "bfloat16", "close"),
