@@ -80,7 +80,7 @@ def load_scenario(name: str, seed: int, max_tokens: int) -> Scenario:
             for i, w in enumerate(words)
         )
 
-    return Scenario(name, f"fix_costs {name}", ((reqs(0, RANK0_WORDS),), (reqs(1, RANK1_WORDS),)), default=False)
+    return Scenario(name, f"fix_costs {name}", ((reqs(0, RANK0_WORDS),), (reqs(1, RANK1_WORDS),)))
 
 
 def engine_scenarios(round_: int, reps: int, tokens: int) -> list[Scenario]:

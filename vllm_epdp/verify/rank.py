@@ -70,7 +70,6 @@ def main(spec_path: str) -> int:
     torchrun = spec["launcher"] == "torchrun"
     if torchrun:
         kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=spec["dp"])
-    kwargs.update(spec.get("engine_args", {}))
     llm = LLM(**kwargs)
 
     if torchrun:

@@ -138,7 +138,6 @@ class Scenario:
     summary: str
     # waves[rank][wave] -> requests; ranks beyond len(waves) get nothing.
     waves: tuple[tuple[tuple[Request, ...], ...], ...]
-    default: bool = True
 
     def requests(self) -> list[Request]:
         return [r for rank in self.waves for wave in rank for r in wave]
@@ -196,7 +195,6 @@ IDLE_RANK = Scenario(
     "idle-rank",
     "fewer prompts than ranks: rank 1 has no prompt (1-token placeholder, then idle)",
     ((_reqs("idle-r0", [(21, 12, 32)]),),),
-    default=False,
 )
 
 # Waves with different max_tokens: requests finish at different times, so
@@ -219,7 +217,6 @@ LONG = Scenario(
             _reqs("long-r1-w3", [(42, 12, 50)]),
         ),
     ),
-    default=False,
 )
 
 # The online server: the same kind of mix, sent concurrently over HTTP with
