@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 from vllm_epdp.errors import CheckFailed, EpdpError
 from vllm_epdp.patching.files import drop_bytecode, file_modes, require_writable, restore_modes
@@ -19,7 +20,7 @@ from vllm_epdp.patching.git import Scratch, all_files, git_apply
 from vllm_epdp.patching.journal import Journal, recover
 from vllm_epdp.patching.lock import root_lock
 from vllm_epdp.patching.log import Log, to_stderr
-from vllm_epdp.patching.record import backfill_record, recorded, update_record
+from vllm_epdp.patching.record import backfill_record, update_record
 from vllm_epdp.patching.status import (
     APPLIED,
     CONFLICTS,
@@ -60,74 +61,99 @@ def revert(target: Target, patches: list[Patch], names: list[str] | None = None,
     return _change(target, patches, names, reverse=True, log=log)
 
 
+@dataclass
+class _Plan:
+    """What one apply or revert does, decided before any file changes."""
+
+    verb: str  # "apply" or "revert"
+    reverse: bool
+    patches: list[Patch]  # the series as it is on disk (a revert takes off recorded revisions)
+    selected: list[Patch]
+    states: dict[str, PatchStatus]  # by patch name
+    todo: list[Patch]  # to write, in order (last first for a revert)
+
+
 def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log) -> list[Patch]:
     root = target.root
-    verb, done_state = ("revert", NOT_APPLIED) if reverse else ("apply", APPLIED)
     with root_lock(root, log):
         recover(root, log)
-        selected = select(patches, names)
-        every = status(target, patches)
-        outdated = {s.patch.number for s in every if s.state == OUTDATED}
-        if outdated and reverse:
-            # Take off what is on disk: the recorded revisions.
-            swap = {p.number: q for p, q in zip(patches, recorded(root, patches))}
-            patches = [swap[p.number] if p.number in outdated else p for p in patches]
-            selected = [swap[p.number] if p.number in outdated else p for p in selected]
-            every = [PatchStatus(swap[s.patch.number], APPLIED) if s.state == OUTDATED else s for s in every]
-        elif outdated & {p.number for p in selected}:
-            numbers = ", ".join(sorted(outdated & {p.number for p in selected}))
-            raise CheckFailed(
-                f"cannot apply, nothing changed: {numbers} is applied in an older revision "
-                "(this vllm-epdp ships a newer one): run `vllm-epdp revert` (it takes off "
-                "exactly what was applied), then `vllm-epdp apply`"
-            )
-        states = {s.patch.name: s for s in every}
-        bad = [states[p.name] for p in selected if states[p.name].state == CONFLICTS]
-        if bad:
-            raise CheckFailed(
-                f"cannot {verb}, nothing changed: {conflict_summary(bad)} "
-                "(files changed locally? reinstall vLLM or restore the files, then retry)"
-            )
-        want = APPLIED if reverse else NOT_APPLIED
-        todo = [p for p in selected if states[p.name].state == want]
+        plan = _plan(target, patches, names, reverse)
         already = "not applied" if reverse else "already applied"
-        for p in selected:
-            if states[p.name].state == done_state:
+        for p in plan.selected:
+            if plan.states[p.name].state == (NOT_APPLIED if reverse else APPLIED):
                 log(f"{p.number} {p.subject}: {already}, nothing to do")
-        if not todo:
+        if not plan.todo:
             if not reverse:
-                backfill_record(root, [p for p in selected if states[p.name].state == APPLIED])
-            log(f"nothing to do: {len(selected)} patch(es) {already}")
+                backfill_record(root, [p for p in plan.selected if plan.states[p.name].state == APPLIED])
+            log(f"nothing to do: {len(plan.selected)} patch(es) {already}")
             return []
-        if reverse:
-            todo.reverse()
-        _check_order(patches, todo, states, reverse)
-        touched = all_files(todo)
-        _dry_run(target, patches, todo, states, reverse, touched)
+        _check_order(plan.patches, plan.todo, plan.states, reverse)
+        touched = all_files(plan.todo)
+        _dry_run(target, plan, touched)
         require_writable(target, touched)
-        with Journal(root, touched, f"{verb} {' '.join(p.number for p in todo)}", log):
-            pause = float(os.environ.get(_PAUSE_ENV) or 0)
-            for p in todo:
-                modes = file_modes(root, p.files)
-                r = git_apply(root, p, reverse=reverse)
-                restore_modes(root, modes)
-                if not r.ok:
-                    raise CheckFailed(f"{verb} of {p.number} failed: {', '.join(r.problems)}")
-                drop_bytecode(root, p.files)
-                log(f"{p.number} {p.subject}: {'reverted' if reverse else 'applied'}")
-                if pause:
-                    log(f"test pause: {pause:g} s after {p.number}")
-                    time.sleep(pause)
-        update_record(root, todo, reverse)
+        _write(target, plan, touched, log)
+        update_record(root, plan.todo, reverse)
         if reverse and target.record is not None:
-            mismatched = record_mismatches(root, target.record, _pristine_after_revert(patches, todo, states))
+            mismatched = record_mismatches(root, target.record, _pristine_after_revert(plan))
             if mismatched:
                 raise CheckFailed(
                     f"reverted, but {', '.join(mismatched)} do(es) not match the wheel's RECORD: "
                     "reinstall vLLM (pip install --force-reinstall --no-deps <dist>==<version>)"
                 )
-        log(f"{verb} done: {len(todo)} patch(es) {'reverted' if reverse else 'applied'}")
-        return todo
+        log(f"{plan.verb} done: {len(plan.todo)} patch(es) {'reverted' if reverse else 'applied'}")
+        return plan.todo
+
+
+def _plan(target: Target, patches: list[Patch], names, reverse: bool) -> _Plan:
+    """The states of the series and the patches to write; CheckFailed where a
+    selected patch conflicts, or is outdated and asked to be applied."""
+    verb = "revert" if reverse else "apply"
+    selected = select(patches, names)
+    every = status(target, patches)
+    if reverse:
+        # Take off what is on disk: an outdated patch's recorded revision,
+        # which status found (selection by the shipped names, then swapped).
+        on_disk = {s.patch.number: s.on_disk for s in every if s.on_disk is not None}
+        patches = [on_disk.get(p.number, p) for p in patches]
+        selected = [on_disk.get(p.number, p) for p in selected]
+        every = [PatchStatus(s.on_disk, APPLIED) if s.on_disk is not None else s for s in every]
+    outdated = sorted({s.patch.number for s in every if s.state == OUTDATED} & {p.number for p in selected})
+    if outdated:
+        raise CheckFailed(
+            f"cannot apply, nothing changed: {', '.join(outdated)} is applied in an older revision "
+            "(this vllm-epdp ships a newer one): run `vllm-epdp revert` (it takes off "
+            "exactly what was applied), then `vllm-epdp apply`"
+        )
+    states = {s.patch.name: s for s in every}
+    bad = [states[p.name] for p in selected if states[p.name].state == CONFLICTS]
+    if bad:
+        raise CheckFailed(
+            f"cannot {verb}, nothing changed: {conflict_summary(bad)} "
+            "(files changed locally? reinstall vLLM or restore the files, then retry)"
+        )
+    want = APPLIED if reverse else NOT_APPLIED
+    todo = [p for p in selected if states[p.name].state == want]
+    if reverse:
+        todo.reverse()
+    return _Plan(verb, reverse, patches, selected, states, todo)
+
+
+def _write(target: Target, plan: _Plan, touched: list[str], log: Log) -> None:
+    """git apply every patch of the plan on the tree itself, under a journal."""
+    root = target.root
+    with Journal(root, touched, f"{plan.verb} {' '.join(p.number for p in plan.todo)}", log):
+        pause = float(os.environ.get(_PAUSE_ENV) or 0)
+        for p in plan.todo:
+            modes = file_modes(root, p.files)
+            r = git_apply(root, p, reverse=plan.reverse)
+            restore_modes(root, modes)
+            if not r.ok:
+                raise CheckFailed(f"{plan.verb} of {p.number} failed: {', '.join(r.problems)}")
+            drop_bytecode(root, p.files)
+            log(f"{p.number} {p.subject}: {'reverted' if plan.reverse else 'applied'}")
+            if pause:
+                log(f"test pause: {pause:g} s after {p.number}")
+                time.sleep(pause)
 
 
 def _check_order(patches: list[Patch], todo: list[Patch], states: dict, reverse: bool) -> None:
@@ -153,24 +179,25 @@ def _check_order(patches: list[Patch], todo: list[Patch], states: dict, reverse:
                 )
 
 
-def _pristine_after_revert(patches: list[Patch], todo: list[Patch], states: dict) -> list[str]:
+def _pristine_after_revert(plan: _Plan) -> list[str]:
     """Files the revert must bring back to the wheel's bytes: touched by the
     reverted patches and by no patch that stays applied."""
-    reverted = {p.name for p in todo}
-    still = {f for p in patches if states[p.name].state == APPLIED and p.name not in reverted for f in p.files}
-    return [f for f in all_files(todo) if f not in still]
+    reverted = {p.name for p in plan.todo}
+    still = {
+        f for p in plan.patches if plan.states[p.name].state == APPLIED and p.name not in reverted for f in p.files
+    }
+    return [f for f in all_files(plan.todo) if f not in still]
 
 
-def _dry_run(target: Target, patches, todo, states, reverse: bool, touched: list[str]) -> None:
+def _dry_run(target: Target, plan: _Plan, touched: list[str]) -> None:
     """Every patch first, in a scratch copy; then (revert) the RECORD hashes."""
-    verb = "revert" if reverse else "apply"
     with Scratch(target.root, touched) as s:
-        for p in todo:
-            r = s.apply(p, reverse=reverse)
+        for p in plan.todo:
+            r = s.apply(p, reverse=plan.reverse)
             if not r.ok:
-                raise CheckFailed(f"cannot {verb}, nothing changed: {p.number}: {', '.join(r.problems)}")
-        if reverse and target.record is not None:
-            mismatched = record_mismatches(s.root, target.record, _pristine_after_revert(patches, todo, states))
+                raise CheckFailed(f"cannot {plan.verb}, nothing changed: {p.number}: {', '.join(r.problems)}")
+        if plan.reverse and target.record is not None:
+            mismatched = record_mismatches(s.root, target.record, _pristine_after_revert(plan))
             if mismatched:
                 raise CheckFailed(
                     f"cannot revert, nothing changed: afterwards {', '.join(mismatched)} would still "

@@ -30,6 +30,8 @@ class PatchStatus:
     patch: Patch
     state: str
     details: list[str] = field(default_factory=list)  # e.g. "vllm/x.py hunk #2 (@@ -120,7 +120,8 @@) does not apply"
+    # OUTDATED only: the recorded revision that is on disk, what revert takes off.
+    on_disk: Patch | None = None
 
     def to_json(self) -> dict:
         return {
@@ -65,6 +67,7 @@ def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
                     f"{record_dir(target.root)} when it was applied): `vllm-epdp revert` takes off what "
                     "is applied, then `vllm-epdp apply` applies this series"
                 ],
+                on_disk=q,
             )
         else:
             on_disk[i] = PatchStatus(p, on_disk[i].state, on_disk[i].details)
