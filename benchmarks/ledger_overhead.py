@@ -1,4 +1,4 @@
-"""What the collective ledger (VLLM_EPDP_LEDGER, vllm_epdp/ledger.py) adds to
+"""What the collective ledger (VLLM_EPDP_LEDGER, vllm_epdp/ledger/) adds to
 each collective: one small gloo all_reduce on 2 ranks, per-call time without
 and with the ledger installed, side by side in one run.
 

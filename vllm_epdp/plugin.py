@@ -6,7 +6,7 @@ is loaded into every vLLM process once vllm-epdp is installed.
 
 Switches (environment variables, read once per process):
   VLLM_EPDP_LEDGER=DIR     record every torch.distributed collective per rank
-                           and process group into DIR (see vllm_epdp/ledger.py)
+                           and process group into DIR (see vllm_epdp/ledger/)
   VLLM_EPDP_NAN_WATCH=DIR  forward hooks that count non-finite rows per decoder
                            layer, real vs padding rows (vllm_epdp/nan_watch.py)
   VLLM_EPDP_NAN_FILL=1     fill every new torch.empty buffer with NaN (integers
