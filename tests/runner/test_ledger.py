@@ -52,3 +52,19 @@ def test_ledger_finds_the_extra_collective(tmp_path):
         timeout=60,
     )
     assert cli.returncode == 1 and "members disagree" in cli.stdout
+
+
+def test_a_destroyed_and_recreated_group_gets_its_own_key(tmp_path):
+    """A hundred subgroups, each destroyed before the next is made (some get
+    the id() of an earlier one): every one is its own group in the ledger,
+    with its one all_reduce, not counted as an earlier group's."""
+    out = tmp_path / "ledger"
+    outcome, results = run_ranks("ledger_regroup_worker", 2, tmp_path, args=[str(out)])
+    assert outcome.ok, outcome.describe()
+    names = results[0]["names"]
+    assert names == results[1]["names"] and len(set(names)) == 100
+    assert results[0]["reused_ids"] + results[1]["reused_ids"] > 0, "no id() was reused: the test shows nothing"
+    counts = ledger.counts(out)
+    assert {key: n for key, n in counts.items() if key != "gloo:0,1#0"} == {
+        f"gloo:0,1#{name}": {0: 1, 1: 1} for name in names
+    }

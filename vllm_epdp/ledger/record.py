@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 # op -> positional index of its `group` parameter (torch 2.13 signatures).
@@ -61,7 +62,10 @@ _state_lock = threading.Lock()
 _installed_dir: Path | None = None
 _out: int | None = None  # fd of this process's ledger file
 _tls = threading.local()  # .depth: nesting of wrapped calls on this thread
-_group_keys: dict[int, tuple[str, int]] = {}  # id(group) -> (key, member)
+# group object -> (key, member). Weak keys: an entry goes with its group, so a
+# group made after one was destroyed never inherits its key (Python often
+# gives the new one the old one's memory, and so its id()).
+_group_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _seq = 0
 
 
@@ -178,7 +182,13 @@ def _describe(value, shapes: list, dtypes: list) -> None:
 def _group_key(group) -> tuple[str, int]:
     import torch.distributed as dist
 
-    cached = _group_keys.get(id(group))
+    # None means the default group: cache by the world's own group object,
+    # which a destroyed and re-initialised world replaces.
+    pg = group if group is not None else dist.group.WORLD  # None before init_process_group
+    try:
+        cached = _group_keys.get(pg) if pg is not None else None
+    except TypeError:  # an object without weak references: never cached
+        cached = None
     if cached is not None:
         return cached
     try:
@@ -200,8 +210,9 @@ def _group_key(group) -> tuple[str, int]:
         size = group.size() if group is not None else -1
         key = f"{backend}:unregistered:size={size}:{name}"
         member = group.rank() if group is not None else -1
-    # Cache only real group objects; None means "the default group", whose
-    # identity is fixed once the world exists.
-    if group is not None or dist.is_initialized():
-        _group_keys[id(group)] = (key, member)
+    if pg is not None:
+        try:
+            _group_keys[pg] = (key, member)
+        except TypeError:  # no weak references: named anew on every call
+            pass
     return key, member
