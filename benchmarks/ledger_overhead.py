@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import procs
+from vllm_epdp import ports, procs
 
 
 def rank_main(variant: str, calls: int, out: Path) -> None:
@@ -46,7 +46,7 @@ def rank_main(variant: str, calls: int, out: Path) -> None:
 
 
 def run_pair(variant: str, calls: int, workdir: Path) -> float:
-    port = str(procs.free_port())
+    port = str(ports.free_port())
     specs = []
     for rank in range(2):
         env = dict(

@@ -21,15 +21,15 @@ import contextlib
 import ctypes
 import dataclasses
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from vllm_epdp.log_forensics import first_error, log_tail
 
 _PR_SET_CHILD_SUBREAPER = 36
 _LIVE_GROUPS: set[ProcGroup] = set()
@@ -192,50 +192,6 @@ def describe_returncode(rc: int | None) -> str:
     return f"exit code {rc}"
 
 
-# vLLM prefixes the log lines of its child processes:
-# "(EngineCore_DP0 pid=123) ERROR 11-22 08:28:16 [core.py:1512] ..."
-_VLLM_PREFIX = re.compile(r"^\([^)]*\) +[A-Z]+ +\d\d-\d\d [\d:]+ \[[^\]]*\] ?")
-_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
-_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt))\b(:.*)?$")
-
-
-def first_error(path: Path) -> str:
-    """The first exception (with the frame that raised it) or fatal signal in
-    a log: usually the root cause, before the cascade of errors it causes."""
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    frame = ""
-    for i, raw in enumerate(lines):
-        line = _VLLM_PREFIX.sub("", raw)
-        m = _FRAME.match(line)
-        if m:
-            frame = f"{Path(m.group(1)).name}:{m.group(2)} in {m.group(3)}"
-            continue
-        if line.startswith("Fatal Python error:"):
-            # faulthandler: the innermost frame follows on the next lines.
-            for later in lines[i + 1 : i + 12]:
-                m = _FRAME.match(_VLLM_PREFIX.sub("", later))
-                if m:
-                    return f"{line.strip()} ({Path(m.group(1)).name}:{m.group(2)} in {m.group(3)})"
-            return line.strip()
-        m = _EXCEPTION.match(line)
-        if m and frame:
-            return f"{line.strip()} ({frame})"
-    return ""
-
-
-def log_tail(path: Path, lines: int) -> str:
-    if lines <= 0:
-        return ""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 class ProcGroup:
     """Start ``specs`` in new sessions; ``wait()`` with a deadline; always
     leaves no process behind (``close()``, context manager, atexit)."""
@@ -385,14 +341,6 @@ class ProcGroup:
             if info is not None and info.start == self._known[pid] and info.ppid == os.getpid():
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(pid, os.WNOHANG)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for a rendezvous
-    or a server started right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_group(label: str, specs: list[ProcSpec], timeout_s: float, **kw) -> Outcome:

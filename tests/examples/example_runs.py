@@ -6,14 +6,13 @@ import sys
 from pathlib import Path
 
 from vllm_epdp import procs
+from vllm_epdp.ports import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 OFFLINE = EXAMPLES / "offline_inference" / "xpu_arc_b60_dp_ep.py"
 SERVE_CPU = EXAMPLES / "online_serving" / "serve_dp_ep_cpu.sh"
 CLIENT = EXAMPLES / "online_serving" / "client_check.py"
 SOAK = EXAMPLES / "online_serving" / "soak_client.py"
-
-free_port = procs.free_port
 
 # Hard limits per run (engine start ~35 s on 2 cores, a DP=2 run ~1 min).
 RUN_TIMEOUT_S = 300

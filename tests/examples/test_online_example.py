@@ -18,10 +18,12 @@ from pathlib import Path
 
 import arrivals
 import pytest
-from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, SOAK, free_port, verdict
+from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, SOAK, verdict
 
 from tests.runner.variants import NAIVE_IDLE_JOIN, env_with, overlay_with_edit
 from vllm_epdp import ledger, procs, runners
+from vllm_epdp.log_forensics import log_tail
+from vllm_epdp.ports import free_port
 
 
 @contextlib.contextmanager
@@ -72,14 +74,10 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
                     timeout=RUN_TIMEOUT_S,
                 )
         except subprocess.TimeoutExpired:
-            pytest.fail(
-                "client timed out; server stacks:\n" + group.dump_stacks() + "\n" + procs.log_tail(server_log, 40)
-            )
+            pytest.fail("client timed out; server stacks:\n" + group.dump_stacks() + "\n" + log_tail(server_log, 40))
         served = arrivals.run(url, timeout_s=60) if res.returncode == 0 else None
         if served is not None and served != arrivals.expected():
-            pytest.fail(
-                f"arrivals: {served}; server stacks:\n" + group.dump_stacks() + "\n" + procs.log_tail(server_log, 40)
-            )
+            pytest.fail(f"arrivals: {served}; server stacks:\n" + group.dump_stacks() + "\n" + log_tail(server_log, 40))
         if served is not None:
             # The soak example, briefly: random arrivals and two pauses.
             soak = subprocess.run(
@@ -108,13 +106,13 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
                     f"soak: {soak.stdout[-2000:]}{soak.stderr[-2000:]}; server stacks:\n"
                     + group.dump_stacks()
                     + "\n"
-                    + procs.log_tail(server_log, 40)
+                    + log_tail(server_log, 40)
                 )
         quiet = served is not None and arrivals.wait_quiet(ledger_dir)
         alive = group.exited()["serve"] is None
     text = client_log.read_text(errors="replace")
-    assert alive, "server exited early:\n" + procs.log_tail(server_log, 60)
-    assert res.returncode == 0, text[-3000:] + "\n--- server:\n" + procs.log_tail(server_log, 40)
+    assert alive, "server exited early:\n" + log_tail(server_log, 60)
+    assert res.returncode == 0, text[-3000:] + "\n--- server:\n" + log_tail(server_log, 40)
     log_text = server_log.read_text(errors="replace")
     assert "EngineCore_DP1" in log_text  # really two DP engines
     # The runner asked for ran: vLLM logs this line when it builds a V2 runner.

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from tests.runner.ranks import free_port
 from vllm_epdp import ledger, procs, runners
+from vllm_epdp.ports import free_port
 
 SLOW_FRONTEND = Path(__file__).parent / "workers" / "slow_frontend.py"
 PROMPT = "The quick brown fox jumps over the lazy dog. "

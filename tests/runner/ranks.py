@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from vllm_epdp import procs
+from vllm_epdp.ports import free_port
 
 WORKERS = Path(__file__).parent / "workers"
-free_port = procs.free_port
 
 
 def _load_json(path: Path) -> dict:

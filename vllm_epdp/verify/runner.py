@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_epdp import procs, runners
+from vllm_epdp import ports, procs, runners
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.rank import PROGRESS
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
@@ -157,14 +157,14 @@ def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Pat
             "-m",
             "torch.distributed.run",
             f"--nproc-per-node={config.dp * config.tp}",
-            f"--master-port={procs.free_port()}",
+            f"--master-port={ports.free_port()}",
             "-m",
             "vllm_epdp.verify.rank",
             str(spec_path),
         ]
         specs.append(procs.ProcSpec("torchrun", argv, env, workdir / "torchrun.log"))
     else:
-        port = procs.free_port()
+        port = ports.free_port()
         for rank in range(config.dp):
             spec_path = workdir / f"spec-rank{rank}.json"
             spec_path.write_text(json.dumps(rank_spec(config, model, scenarios, workdir, rank)))

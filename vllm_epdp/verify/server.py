@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vllm_epdp import procs
+from vllm_epdp import ports, procs
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
@@ -61,7 +61,7 @@ def to_result(choice: dict) -> dict:
 
 def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = procs.free_port()
+    port = ports.free_port()
     argv = [
         sys.executable,
         "-m",
