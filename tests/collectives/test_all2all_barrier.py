@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gloo_ranks import assert_all_ok, describe, run_ranks
+from vllm_epdp.ranks import run_ranks
 
 RANK_ALL2ALL = str(Path(__file__).parent / "rank_all2all.py")
 
@@ -25,21 +25,23 @@ SCENARIOS = [
 ]
 
 
-def _run(env, scenarios):
-    results = run_ranks(
+def _run(env, scenarios, workdir):
+    run = run_ranks(
         f"{RANK_ALL2ALL}:agrs_barriers",
         2,
+        workdir,
         env=env,
-        args={"scenarios": [[s, x] for s, x, _ in scenarios]},
+        kwargs={"scenarios": [[s, x] for s, x, _ in scenarios]},
         timeout_s=240,
     )
-    return results
+    assert run.ok, run.describe()
+    return run
 
 
-def barrier_counts(results) -> set[tuple[str, str]]:
+def barrier_counts(run) -> set[tuple[str, str]]:
     """{(scenario, count)} seen by every rank: 'barriers <setting> <xpu>: N' lines."""
-    seen = [set(re.findall(r"^barriers (\S+ \S+): (\d+)$", r.stdout, re.M)) for r in results]
-    assert seen and all(s == seen[0] for s in seen), describe(results)
+    seen = [set(re.findall(r"^barriers (\S+ \S+): (\d+)$", output, re.M)) for output in run.outputs]
+    assert seen and all(s == seen[0] for s in seen), run.describe()
     return seen[0]
 
 
@@ -47,20 +49,18 @@ def expected_counts() -> set[tuple[str, str]]:
     return {(f"{setting} {fake_xpu}", str(n)) for setting, fake_xpu, n in SCENARIOS}
 
 
-def test_barrier_switch_without_0007_misses_exactly_the_barriers(series_without):
+def test_barrier_switch_without_0007_misses_exactly_the_barriers(series_without, tmp_path):
     """The expectations of test_barrier_switch, on the series without 0007:
     every scenario that expects barriers gets none, the others agree; so that
     test fails without the patch, and for the right reason. (If upstream adds
     barriers of its own, this fails too: time to revisit 0007.)"""
-    results = _run(series_without("0007"), SCENARIOS)
-    assert_all_ok(results)
-    got = barrier_counts(results)
-    assert got == {(case, "0") for case, _ in expected_counts()}, describe(results)
+    run = _run(series_without("0007"), SCENARIOS, tmp_path)
+    got = barrier_counts(run)
+    assert got == {(case, "0") for case, _ in expected_counts()}, run.describe()
     wrong = {case for case, n in expected_counts() - got}
     assert wrong == {f"{s} {x}" for s, x, n in SCENARIOS if n > 0}
 
 
-def test_barrier_switch(vllm_patched):
-    results = _run(vllm_patched, SCENARIOS)
-    assert_all_ok(results)
-    assert barrier_counts(results) == expected_counts(), describe(results)
+def test_barrier_switch(vllm_patched, tmp_path):
+    run = _run(vllm_patched, SCENARIOS, tmp_path)
+    assert barrier_counts(run) == expected_counts(), run.describe()

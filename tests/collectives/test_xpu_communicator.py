@@ -10,50 +10,56 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gloo_ranks import assert_all_ok, describe, run_ranks
+
+from vllm_epdp.ranks import run_ranks
 
 RANK_COMM = str(Path(__file__).parent / "rank_comm.py")
 
 
-def _run(fn, world_size, env, timeout_s=240):
-    return run_ranks(f"{RANK_COMM}:{fn}", world_size, env=env, timeout_s=timeout_s)
+def _run(fn, world_size, env, workdir, timeout_s=240):
+    return run_ranks(f"{RANK_COMM}:{fn}", world_size, workdir, env=env, timeout_s=timeout_s)
+
+
+def _run_ok(fn, world_size, env, workdir, timeout_s=240):
+    run = _run(fn, world_size, env, workdir, timeout_s)
+    assert run.ok, run.describe()
 
 
 # ---- 0005: equal sizes handed dist.all_gather a 1-element output list
-def test_uniform_all_gatherv_pristine_fails(vllm_pristine):
-    results = _run("xpu_uniform_gather", 2, vllm_pristine)
-    for r in results:
-        assert not r.ok, describe(results)
-        assert "invalid output tensor list at index 0 (expected length 2, got 1)" in r.stderr, describe(results)
+def test_uniform_all_gatherv_pristine_fails(vllm_pristine, tmp_path):
+    run = _run("xpu_uniform_gather", 2, vllm_pristine, tmp_path)
+    for rc, output in zip(run.returncodes, run.outputs):
+        assert rc != 0, run.describe()
+        assert "invalid output tensor list at index 0 (expected length 2, got 1)" in output, run.describe()
 
 
-def test_uniform_all_gatherv_patched(vllm_patched):
-    assert_all_ok(_run("xpu_uniform_gather", 2, vllm_patched))
+def test_uniform_all_gatherv_patched(vllm_patched, tmp_path):
+    _run_ok("xpu_uniform_gather", 2, vllm_patched, tmp_path)
 
 
 # ---- 0006: a list goes out as one collective, not one per tensor
-def test_list_all_gatherv_without_0006_one_collective_per_tensor(series_without):
+def test_list_all_gatherv_without_0006_one_collective_per_tensor(series_without, tmp_path):
     """With every patch but 0006 (so 0005's equal-size path works), the MoE
     dispatch list of 3 tensors takes 3 collectives."""
-    results = _run("xpu_list_gather_one_collective", 2, series_without("0006"))
-    for r in results:
-        assert not r.ok, describe(results)
-        assert "collectives: 3" in r.stdout, describe(results)
+    run = _run("xpu_list_gather_one_collective", 2, series_without("0006"), tmp_path)
+    for rc, output in zip(run.returncodes, run.outputs):
+        assert rc != 0, run.describe()
+        assert "collectives: 3" in output, run.describe()
 
 
-def test_list_all_gatherv_one_collective_patched(vllm_patched):
-    assert_all_ok(_run("xpu_list_gather_one_collective", 2, vllm_patched))
+def test_list_all_gatherv_one_collective_patched(vllm_patched, tmp_path):
+    _run_ok("xpu_list_gather_one_collective", 2, vllm_patched, tmp_path)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_xpu_communicator_matrix(vllm_patched, world_size):
+def test_xpu_communicator_matrix(vllm_patched, world_size, tmp_path):
     """Every dtype mix and size pattern (zero-row ranks, non-contiguous
     inputs) through all_gatherv and reduce_scatterv, both device-count
     branches of reduce_scatterv."""
-    assert_all_ok(_run("xpu_all", world_size, vllm_patched, timeout_s=300))
+    _run_ok("xpu_all", world_size, vllm_patched, tmp_path, timeout_s=300)
 
 
-def test_xpu_reduce_scatterv_branches_pristine(vllm_pristine):
+def test_xpu_reduce_scatterv_branches_pristine(vllm_pristine, tmp_path):
     """Review of reduce_scatterv for the all_gatherv kind of mistake: its
     branches are right as shipped (and no patch touches them)."""
-    assert_all_ok(_run("xpu_reduce_scatterv_branches", 2, vllm_pristine))
+    _run_ok("xpu_reduce_scatterv_branches", 2, vllm_pristine, tmp_path)

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runner.ranks import run_ranks
 from vllm_epdp import cpu_isa
+from vllm_epdp.ranks import run_ranks
 
 HERE = Path(__file__).resolve().parent
 WORLD = 2
@@ -57,9 +57,10 @@ def run_ep_layer(env: dict, tmp_path: Path, **choice: str):
     killed at the end); return the outcome and each rank's results ({} if
     it wrote none). choice: EPDP_* settings of ep_layer_worker.py."""
     env = {**env, **{f"EPDP_{k.upper()}": v for k, v in choice.items()}}
-    return run_ranks(
+    run = run_ranks(
         HERE / "ep_layer_worker.py", WORLD, tmp_path, env=env, timeout_s=240, result_suffix=".pt", load=torch.load
     )
+    return run.outcome, run.results
 
 
 def errors(results) -> dict[str, float]:

@@ -138,13 +138,15 @@ def test_v2_dp_sync_pads_under_ep(tree_033, tmp_path):
     """Both runners' DP syncs on 0.33.0's own Python, 2 gloo ranks (the
     worker of tests/runner/test_dp_padding.py): with the series every rank
     runs the DP-wide count under EP; as released, each its own."""
-    from tests.runner.ranks import run_ranks
+    from vllm_epdp.ranks import run_ranks
+
+    worker = Path(__file__).parents[1] / "runner" / "workers" / "dp_padding_worker.py"
 
     steps = [[37, 1], [1, 512], [5, 5]]
     for name, tree in zip(("pristine", "patched"), tree_033):
-        outcome, results = run_ranks("dp_padding_worker", 2, tmp_path / name, env=env_for(tree), timeout_s=240)
-        assert outcome.ok, outcome.describe()
-        for rank, r in enumerate(results):
+        run = run_ranks(worker, 2, tmp_path / name, env=env_for(tree), timeout_s=240)
+        assert run.ok, run.describe()
+        for rank, r in enumerate(run.results):
             for runner in ("v1", "v2"):
                 want = [[max(c), [max(c)] * 2] for c in steps] if name == "patched" else [[c[rank], c] for c in steps]
                 assert r[f"{runner}_ep"] == want, (name, runner)

@@ -4,13 +4,14 @@ a log line saying why) and honoured with a deadlock warning when asked for."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.runner.ranks import WORKERS
 from vllm_epdp import runners
 
 pytestmark = pytest.mark.timeout(300)
+WORKERS = Path(__file__).parent / "workers"
 
 
 def _decisions(env, platform, tmp_path):

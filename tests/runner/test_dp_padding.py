@@ -1,19 +1,22 @@
 """Patch 0008: under EP with DP > 1 every DP rank runs the same (padded)
 token count each step, eager included, in both model runners' DP syncs."""
 
+from pathlib import Path
+
 import pytest
 
-from tests.runner.ranks import run_ranks
+from vllm_epdp.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(400)
+WORKERS = Path(__file__).parent / "workers"
 
 STEPS = [[37, 1], [1, 512], [5, 5]]
 
 
 def _run(env, tmp_path):
-    outcome, results = run_ranks("dp_padding_worker", 2, tmp_path, env=env, timeout_s=300)
-    assert outcome.ok, outcome.describe()
-    return results
+    run = run_ranks(WORKERS / "dp_padding_worker.py", 2, tmp_path, env=env, timeout_s=300)
+    assert run.ok, run.describe()
+    return run.results
 
 
 def padded(rank):

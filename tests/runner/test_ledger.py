@@ -3,19 +3,21 @@ entry where the members of a group disagree."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.runner.ranks import run_ranks
 from vllm_epdp import ledger
+from vllm_epdp.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(180)
+WORKERS = Path(__file__).parent / "workers"
 
 
 def test_ledger_agreeing_ranks(tmp_path):
     out = tmp_path / "ledger"
-    outcome, _ = run_ranks("ledger_worker", 2, tmp_path, args=["agree", str(out)])
-    assert outcome.ok, outcome.describe()
+    run = run_ranks(WORKERS / "ledger_worker.py", 2, tmp_path, args=["agree", str(out)])
+    assert run.ok, run.describe()
     assert ledger.compare(out) == []
     counts = ledger.counts(out)
     # all_reduce, broadcast and all_gather_object on the world; the *_object
@@ -36,9 +38,9 @@ def test_ledger_agreeing_ranks(tmp_path):
 
 def test_ledger_finds_the_extra_collective(tmp_path):
     out = tmp_path / "ledger"
-    outcome, results = run_ranks("ledger_worker", 2, tmp_path, args=["diverge", str(out)])
-    assert outcome.ok, outcome.describe()
-    assert results[1].get("timed_out"), "rank 1's extra all_reduce should time out"
+    run = run_ranks(WORKERS / "ledger_worker.py", 2, tmp_path, args=["diverge", str(out)])
+    assert run.ok, run.describe()
+    assert run.results[1].get("timed_out"), "rank 1's extra all_reduce should time out"
     report = ledger.compare(out)
     assert len(report) == 1, report
     text = report[0]
@@ -59,11 +61,11 @@ def test_a_destroyed_and_recreated_group_gets_its_own_key(tmp_path):
     the id() of an earlier one): every one is its own group in the ledger,
     with its one all_reduce, not counted as an earlier group's."""
     out = tmp_path / "ledger"
-    outcome, results = run_ranks("ledger_regroup_worker", 2, tmp_path, args=[str(out)])
-    assert outcome.ok, outcome.describe()
-    names = results[0]["names"]
-    assert names == results[1]["names"] and len(set(names)) == 100
-    assert results[0]["reused_ids"] + results[1]["reused_ids"] > 0, "no id() was reused: the test shows nothing"
+    run = run_ranks(WORKERS / "ledger_regroup_worker.py", 2, tmp_path, args=[str(out)])
+    assert run.ok, run.describe()
+    names = run.results[0]["names"]
+    assert names == run.results[1]["names"] and len(set(names)) == 100
+    assert run.results[0]["reused_ids"] + run.results[1]["reused_ids"] > 0, "no id() was reused: the test shows nothing"
     counts = ledger.counts(out)
     assert {key: n for key, n in counts.items() if key != "gloo:0,1#0"} == {
         f"gloo:0,1#{name}": {0: 1, 1: 1} for name in names

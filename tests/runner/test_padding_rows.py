@@ -5,12 +5,12 @@ ops every DP rank runs; see workers/padding_rows_worker.py for the setup."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.runner.ranks import WORKERS
-
 pytestmark = pytest.mark.timeout(300)
+WORKERS = Path(__file__).parent / "workers"
 
 
 def _run(env, tmp_path) -> dict:

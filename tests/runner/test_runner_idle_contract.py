@@ -12,13 +12,16 @@ This is why the series has no "idle DP ranks always join" patch (the
 BRIEF's fix 5 idea; upstream #44601/#51984/#53578): docs/idle_ranks.md.
 """
 
+from pathlib import Path
+
 import pytest
 
 from tests.runner import dense_model
-from tests.runner.ranks import WORKERS, run_ranks
 from vllm_epdp import ledger
+from vllm_epdp.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(400)
+WORKERS = Path(__file__).parent / "workers"
 STEPS = 30
 
 
@@ -26,15 +29,16 @@ def test_zero_token_step_joins_only_under_external_launcher(series_env, tmp_path
     model = dense_model.build(tmp_path / "dense")
     env = dict(series_env, EPDP_GLOO_TIMEOUT="20")
     env["PYTHONPATH"] = f"{WORKERS}:{env['PYTHONPATH']}"
-    outcome, (idle, busy) = run_ranks(
-        "idle_rank_worker",
+    run = run_ranks(
+        WORKERS / "idle_rank_worker.py",
         2,
         tmp_path,
         env=env,
         args=[str(model), str(tmp_path / "ledger"), str(STEPS)],
         timeout_s=300,
     )
-    assert outcome.ok, outcome.describe()
+    assert run.ok, run.describe()
+    idle, busy = run.results
     assert idle["external_launcher"] == busy["external_launcher"] == STEPS
     assert idle["mp"] == STEPS and busy["mp"] == 0 and "mp_error" in busy
     (mismatch,) = ledger.compare(tmp_path / "ledger")

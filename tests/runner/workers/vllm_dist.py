@@ -1,5 +1,5 @@
 """Set up vLLM's real distributed state (world, DP, EP groups over gloo) in a
-rank started by tests/runner/ranks.py: DP = WORLD_SIZE, TP = 1, launched the
+rank started by vllm_epdp.ranks.run_ranks: DP = WORLD_SIZE, TP = 1, launched the
 torchrun way (external_launcher), so no engine is needed."""
 
 import json
