@@ -53,13 +53,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # tests.runner.variants builds the "without" overlays
-
-from vllm_epdp import overlay  # noqa: E402
-from vllm_epdp.verify import runner  # noqa: E402
-from vllm_epdp.verify.plan import Config, Model  # noqa: E402
-from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt  # noqa: E402
+from vllm_epdp import overlay
+from vllm_epdp.verify import runner
+from vllm_epdp.verify.plan import Config, Model
+from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
 
 MEASURED = ("0008", "0010", "0012")
 NO_CPU_EFFECT = {
@@ -95,7 +92,7 @@ def engine_scenarios(round_: int, reps: int, tokens: int) -> list[Scenario]:
 
 
 def variant_paths(variants: list[str]) -> dict[str, Path]:
-    from tests.runner.variants import overlay_without
+    from vllm_epdp.variants import overlay_without
 
     paths = {}
     for v in variants:

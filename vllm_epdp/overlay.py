@@ -71,8 +71,7 @@ def make_overlay(
     dest_root = Path(dest_root) if dest_root is not None else overlays_dir()
     dest_root.mkdir(parents=True, exist_ok=True)
     final = dest_root / f"{state}-{key}"
-    if (final / _COMPLETE).is_file():
-        os.utime(final / _COMPLETE)  # marks it used, for pruning
+    if built(final):
         return final
 
     if patching.journal_pending(target.root):
@@ -83,7 +82,7 @@ def make_overlay(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{state}-{key}-", dir=dest_root))
     try:
         with patching.root_lock(target.root, shared=True):
-            _copy_package(target.package_dir, tmp / "vllm")
+            copy_package(target.package_dir, tmp / "vllm")
         overlay = Target(
             kind="overlay",
             root=tmp,
@@ -99,6 +98,32 @@ def make_overlay(
             "source": str(target.package_dir),
             "patches": [p.name for p in patches] if state == "patched" else [],
         }
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(tmp, final, info)
+    _prune(dest_root, keep=final)
+    return final
+
+
+def built(path: Path) -> bool:
+    """Whether a finished overlay (or variant, see variants.py) is at path;
+    if so it is marked used, so that pruning keeps it."""
+    marker = Path(path) / _COMPLETE
+    if not marker.is_file():
+        return False
+    with contextlib.suppress(FileNotFoundError):  # pruned this instant: build anew
+        os.utime(marker)
+        return True
+    return False
+
+
+def publish(tmp: Path, final: Path, info: dict) -> Path:
+    """Move an overlay finished in ``tmp`` (a directory beside ``final``) into
+    place in one rename, with the marker readers and pruning look for; a
+    concurrent build that published first wins, ours is dropped. ``tmp`` is
+    gone afterwards either way."""
+    try:
         (tmp / _COMPLETE).write_text(json.dumps(info, indent=1))
         try:
             os.rename(tmp, final)
@@ -109,7 +134,6 @@ def make_overlay(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(dest_root, keep=final)
     return final
 
 
@@ -136,11 +160,17 @@ def _bring_to_state(overlay: Target, installed: Target, patches, state: str) -> 
 def overlay_env(state: str, base: dict | None = None, **kwargs) -> dict:
     """A copy of ``base`` (default os.environ) whose PYTHONPATH starts with the
     overlay of ``state``. kwargs go to make_overlay."""
-    path = make_overlay(state=state, **kwargs)
+    env = env_with(make_overlay(state=state, **kwargs), base)
+    env["VLLM_EPDP_OVERLAY"] = state
+    return env
+
+
+def env_with(path: Path, base: dict | None = None) -> dict:
+    """A copy of ``base`` (default os.environ) whose PYTHONPATH starts with
+    ``path`` (an overlay or a variant of one)."""
     env = dict(os.environ if base is None else base)
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(path) + (os.pathsep + old if old else "")
-    env["VLLM_EPDP_OVERLAY"] = state
     return env
 
 
@@ -156,7 +186,10 @@ def _key(target: Target, state: str, version: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _copy_package(src: Path, dst: Path) -> None:
+def copy_package(src: Path, dst: Path) -> None:
+    """Copy a vllm/ package for an overlay: files of 1 MiB and more (the .so
+    files) as hard links, the rest as copies with their mtimes."""
+
     def copy(s, d):
         if os.path.getsize(s) >= _LINK_MIN_BYTES:
             try:

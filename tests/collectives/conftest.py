@@ -23,7 +23,8 @@ def packed_core(tmp_path_factory) -> str:
 def series_without():
     """series_without("0006") -> env whose PYTHONPATH is the whole series
     minus that patch (the pristine direction of a fix that needs the patches
-    before it). Uses the shared overlay helper of tests/runner."""
-    from tests.runner.variants import env_with, overlay_without
+    before it): vllm_epdp.variants."""
+    from vllm_epdp.overlay import env_with
+    from vllm_epdp.variants import overlay_without
 
     return lambda *numbers: env_with(overlay_without(*numbers))

@@ -20,10 +20,12 @@ import arrivals
 import pytest
 from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, SOAK, verdict
 
-from tests.runner.variants import NAIVE_IDLE_JOIN, env_with, overlay_with_edit
+from tests.runner.edits import NAIVE_IDLE_JOIN
 from vllm_epdp import ledger, procs, runners
 from vllm_epdp.log_forensics import log_tail
+from vllm_epdp.overlay import env_with
 from vllm_epdp.ports import free_port
+from vllm_epdp.variants import overlay_with_edit
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 import pytest
 
-from tests.runner.variants import env_with, overlay_without
 from vllm_epdp import overlay
+from vllm_epdp.overlay import env_with
+from vllm_epdp.variants import overlay_without
 
 
 @pytest.fixture(scope="session")

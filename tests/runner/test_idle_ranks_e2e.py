@@ -24,7 +24,9 @@ What these pin down (see docs/idle_ranks.md):
 import pytest
 
 from tests.runner.dp_runs import run_schedule
-from tests.runner.variants import NAIVE_IDLE_JOIN, env_with, overlay_with_edit, overlay_without
+from tests.runner.edits import NAIVE_IDLE_JOIN
+from vllm_epdp.overlay import env_with
+from vllm_epdp.variants import overlay_with_edit, overlay_without
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
