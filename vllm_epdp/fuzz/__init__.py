@@ -94,6 +94,10 @@ def fuzz(
     say=_say,
 ) -> Report:
     """Run the schedules; return what happened (failures shrunk and saved)."""
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise EpdpError("vllm-epdp fuzz needs Hypothesis: pip install 'vllm-epdp[fuzz]' (or hypothesis)") from None
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hypothesis_seed
     from hypothesis.database import DirectoryBasedExampleDatabase
