@@ -127,6 +127,21 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     if _first_positional(argv) == "verify":
         _verify_module().add_arguments(verify)
+
+    fuzz = sub.add_parser(
+        "fuzz",
+        help="random request schedules against a DP x EP server, judged against DP=1",
+        description="Draw request schedules (bursts, pauses that end DP waves, 1-token and long prompts, "
+        "n=2, streaming, client aborts, KV pressure) with Hypothesis, run each against a DP x EP "
+        "server kept up between schedules, and judge it: every answer equal to a DP=1 server's, no "
+        "NaN, no hang, the collective ledger agreeing. A failure is shrunk to a small schedule and "
+        "saved; --replay runs it again.",
+        epilog="exit codes: 0 every schedule passed, 1 a schedule failed, 2 usage or environment error",
+    )
+    if _first_positional(argv) == "fuzz":
+        from vllm_epdp import fuzz as fuzz_module
+
+        fuzz_module.add_arguments(fuzz)
     return parser
 
 
@@ -137,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "verify":
             return int(_verify_module().run(args) or 0)
+        if args.command == "fuzz":
+            from vllm_epdp import fuzz as fuzz_module
+
+            return fuzz_module.run(args)
         if args.command == "ledger":
             from vllm_epdp import ledger
 

@@ -81,8 +81,14 @@ def test_cached_and_keyed_by_series(site, fake_patches, tmp_path, patches_env):
     first = build(site, fake_patches, dest, "patched")
     marker = os.path.join(first, ".vllm-epdp-overlay.json")
     ino = os.stat(marker).st_ino
+    # Found, not rebuilt: a rebuild would read the installed files, and one of
+    # them no longer matches its RECORD hash now (the build would refuse it).
+    source = site / "vllm" / "a.py"
+    shipped = source.read_text()
+    source.write_text(shipped + "# changed after the overlay was built\n")
     again = build(site, fake_patches, dest, "patched")
-    assert again == first and os.stat(marker).st_ino == ino  # found, not rebuilt
+    source.write_text(shipped)
+    assert again == first and os.stat(marker).st_ino == ino
     # another series content -> another overlay
     other = tmp_path / "other-patches"
     import shutil

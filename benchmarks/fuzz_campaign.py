@@ -1,0 +1,96 @@
+"""Fuzz campaign: many schedules per target and model runner, one table.
+
+For every target (vllm_epdp.fuzz.targets) and runner asked for, one
+``vllm-epdp fuzz`` session of --schedules drawn schedules (seed = --seed +
+the pair's index, so every pair draws its own), with the patched vLLM first on
+PYTHONPATH. Writes the table (schedules, requests, aborts, preemptions,
+divergences, hangs, errors, failures with their saved schedule) as Markdown
+and JSON.
+
+  python benchmarks/fuzz_campaign.py --schedules 100 \\
+      --json docs/fuzz.json --markdown docs/fuzz.md
+
+Hours, not minutes: each schedule costs seconds; each target starts its
+servers once (~1-2 minutes on 2 cores). Not run in CI (CI runs a few fixed
+seeds per target: tests/fuzz/test_fuzz_targets.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from vllm_epdp import fuzz
+from vllm_epdp.fuzz.targets import TARGETS
+from vllm_epdp.overlay import overlay_env
+
+COLUMNS = ("schedules", "requests", "aborts", "preemptions", "divergences", "hangs", "nonfinite", "errors", "restarts")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--runners", nargs="+", default=["v1", "v2"], choices=["v1", "v2"])
+    ap.add_argument("--schedules", type=int, default=100, help="schedules per target and runner")
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--workdir", default="fuzz-campaign", help="logs, ledgers, failing schedules")
+    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--markdown", metavar="FILE")
+    args = ap.parse_args()
+    env = overlay_env("patched")
+    rows = []
+    started = time.monotonic()
+    for i, (name, runner) in enumerate((t, r) for t in args.targets for r in args.runners):
+        workdir = Path(args.workdir) / f"{name}-{runner}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        print(f"[campaign] {name} ({runner}): {args.schedules} schedules, seed {args.seed + i}", file=sys.stderr)
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                report = fuzz.fuzz(name, runner, args.schedules, args.seed + i, workdir, env=env)
+                row = dataclasses.asdict(report)
+            except Exception as exc:  # a target that cannot start: a row that says why
+                row = {"target": name, "runner": runner, "seed": args.seed + i, "error": f"{type(exc).__name__}: {exc}"}
+        rows.append(row)
+        print(f"[campaign] {name} ({runner}): {row.get('error') or fuzz.format_report(report)}", file=sys.stderr)
+        if args.json:  # after every pair: a long campaign cut short keeps what it did
+            Path(args.json).write_text(
+                json.dumps({"wall_s": round(time.monotonic() - started), "rows": rows}, indent=1)
+            )
+    text = table(rows, time.monotonic() - started)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+def table(rows: list[dict], wall_s: float) -> str:
+    out = [
+        "# Fuzz campaign",
+        "",
+        f"`python benchmarks/fuzz_campaign.py`: {sum(r.get('schedules', 0) for r in rows)} schedules in "
+        f"{wall_s / 3600:.1f} h, tiny Qwen3-MoE fp32 on CPU, the patched vLLM; every schedule judged against a "
+        "DP=1 server (tokens), for NaN, hangs and the collective ledger.",
+        "",
+        "| target | runner | seed | " + " | ".join(COLUMNS) + " | failures |",
+        "|" + "---|" * (len(COLUMNS) + 4),
+    ]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['target']} | {r['runner']} | {r['seed']} | " + " | ".join("-" for _ in COLUMNS)
+                       + f" | could not run: {r['error'][:200]} |")  # fmt: skip
+            continue
+        failures = "; ".join(f.get("problems", ["?"])[0][:160] + (f" ({f['schedule']})" if "schedule" in f else "")
+                             for f in r["failures"]) or "none"  # fmt: skip
+        out.append(f"| {r['target']} | {r['runner']} | {r['seed']} | " + " | ".join(str(r[c]) for c in COLUMNS)
+                   + f" | {failures} |")  # fmt: skip
+    totals = {c: sum(r.get(c, 0) for r in rows) for c in COLUMNS}
+    out.append("| **all** | | | " + " | ".join(str(totals[c]) for c in COLUMNS) + " | |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

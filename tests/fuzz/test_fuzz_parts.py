@@ -1,0 +1,145 @@
+"""The fuzzer's parts without vLLM: schedules drawn within the limits and
+round-tripping as JSON, the client against a stand-in completion server
+(streaming, n=2, aborts, timeouts), and the verdict's rules. Seconds."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from vllm_epdp.fuzz import client
+from vllm_epdp.fuzz.schedule import Request, Schedule
+from vllm_epdp.fuzz.strategies import Limits, schedules
+from vllm_epdp.fuzz.verdict import judge
+
+LIMITS = Limits(vocab_size=50, max_model_len=64, max_requests=6, max_new_tokens=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schedules(LIMITS))
+def test_drawn_schedules_respect_the_limits(schedule):
+    assert 1 <= len(schedule.requests) <= LIMITS.max_requests
+    assert [r.at_s for r in schedule.requests] == sorted(r.at_s for r in schedule.requests)
+    for r in schedule.requests:
+        assert len(r.prompt) >= 1 and len(r.prompt) + r.max_tokens <= LIMITS.max_model_len
+        assert all(0 <= t < LIMITS.vocab_size for t in r.prompt)
+        assert r.max_tokens >= 1 and r.n in (1, 2)
+        if r.aborts:
+            assert r.stream and 0 <= r.abort_after < r.max_tokens
+    assert Schedule.from_json(json.loads(json.dumps(schedule.to_json()))) == schedule
+
+
+def greedy(prompt, max_tokens, shift=0):
+    """The stand-in's 'model': a token sequence that depends on the prompt."""
+    return [(sum(prompt) + 3 * i + shift) % 50 for i in range(max_tokens)]
+
+
+class StandIn:
+    """Completions with prompts as token ids and answers as token ids;
+    ``shift`` makes it answer wrongly, ``stall`` never answers."""
+
+    def __init__(self, shift=0, stall=False):
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if stall:
+                    time.sleep(30)
+                ids = greedy(req["prompt"], req["max_tokens"], shift)
+
+                def choice(i, tokens):
+                    return {"index": i, "logprobs": {"tokens": [f"token_id:{t}" for t in tokens],
+                                                     "token_logprobs": [-0.5] * len(tokens)}}  # fmt: skip
+
+                if not req["stream"]:
+                    body = json.dumps({"choices": [choice(i, ids) for i in range(req["n"])]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                try:
+                    for t in ids:
+                        for i in range(req["n"]):
+                            self.wfile.write(f"data: {json.dumps({'choices': [choice(i, [t])]})}\n\n".encode())
+                            self.wfile.flush()
+                        time.sleep(0.01)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except BrokenPipeError:
+                    outer.hangups += 1
+
+        self.hangups = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def stand_in():
+    server = StandIn()
+    yield server
+    server.close()
+
+
+SCHEDULE = Schedule(
+    (
+        Request(0.0, (1, 2, 3), 4),
+        Request(0.05, (7,), 1),
+        Request(0.1, (5, 5), 5, n=2, stream=True),
+        Request(0.1, (9, 9, 9), 6, stream=True, abort_after=2),
+    )
+)
+REFERENCE = {r.key(): greedy(r.prompt, r.max_tokens) for r in SCHEDULE.requests}
+
+
+def test_client_and_verdict_pass_a_right_server(stand_in):
+    answers = client.run(stand_in.url, "m", SCHEDULE, timeout_s=10)
+    assert [a.status for a in answers] == ["ok", "ok", "ok", "aborted"]
+    assert answers[2].choices == [greedy((5, 5), 5)] * 2  # n=2, streamed
+    assert answers[3].choices[0] == greedy((9, 9, 9), 6)[:2]  # hung up after 2 tokens
+    outcome = judge(SCHEDULE, answers, REFERENCE, [])
+    assert outcome.ok, outcome.problems
+    assert (outcome.requests, outcome.aborts, outcome.divergences) == (4, 1, 0)
+
+
+def test_verdict_names_divergence_hang_and_ledger():
+    wrong = StandIn(shift=1)
+    try:
+        answers = client.run(wrong.url, "m", SCHEDULE, timeout_s=10)
+    finally:
+        wrong.close()
+    outcome = judge(SCHEDULE, answers, REFERENCE, ["gloo:0,1#0: members disagree at #7"])
+    assert outcome.divergences == 5  # 4 answers, one of them with 2 choices
+    assert any("differs from DP=1 at token 0" in p for p in outcome.problems)
+    assert outcome.problems[-1] == "collective ledger: gloo:0,1#0: members disagree at #7"
+    stalled = StandIn(stall=True)
+    try:
+        answers = client.run(stalled.url, "m", Schedule((Request(0.0, (1,), 2),)), timeout_s=1)
+    finally:
+        stalled.close()
+    outcome = judge(Schedule((Request(0.0, (1,), 2),)), answers, REFERENCE, [])
+    assert outcome.hangs == 1 and "HANG" in outcome.problems[0]
+
+
+def test_incomplete_answer_is_a_problem():
+    req = Request(0.0, (1, 2), 4)
+    short = client.Answer("ok", [[1, 2]], [[-0.1, -0.1]])
+    nan = client.Answer("ok", [greedy((1, 2), 4)], [[-0.1, float("nan"), -0.1, -0.1]])
+    outcome = judge(Schedule((req, req)), [short, nan], {req.key(): greedy((1, 2), 4)}, [])
+    assert "choice 0 has 2 tokens, 4 asked for" in outcome.problems[0]
+    assert outcome.nonfinite == 1

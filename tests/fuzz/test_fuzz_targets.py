@@ -1,0 +1,43 @@
+"""The fuzzer on real vLLM servers, a fixed handful of seeds per target (the
+campaign of hundreds is benchmarks/fuzz_campaign.py): every drawn schedule
+must pass, and the small-KV target must really preempt. Each target starts
+its server and a DP=1 reference once (~1-2 min), then seconds per schedule."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from vllm_epdp import fuzz
+from vllm_epdp.fuzz.schedule import Request, Schedule
+from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+
+@pytest.mark.parametrize(
+    ("target", "runner", "examples", "seed"),
+    [
+        ("serve-dp2-ep", "v1", 6, 11),
+        ("serve-dp2-ep", "v2", 4, 12),
+        ("serve-tp2-dp2-ep", "v1", 3, 13),
+    ],
+)
+def test_drawn_schedules_pass(vllm_patched, tmp_path, target, runner, examples, seed):
+    report = fuzz.fuzz(target, runner, examples, seed, tmp_path, env=vllm_patched)
+    assert report.ok, fuzz.format_report(report)
+    assert report.schedules >= examples and report.requests > 0
+
+
+def test_small_kv_cache_preempts_and_stays_correct(vllm_patched, tmp_path):
+    """A burst of long prompts on a 6-block KV cache (per DP rank): vLLM must
+    preempt (its counter says so) and every answer still equals DP=1's."""
+    rng = random.Random(7)
+    long_prompt = lambda: tuple(rng.randrange(900) for _ in range(MAX_MODEL_LEN - 64))  # noqa: E731
+    burst = Schedule(tuple(Request(0.02 * i, long_prompt(), 48) for i in range(6)))
+    path = tmp_path / "burst.json"
+    burst.save(path)
+    report = fuzz.fuzz("serve-dp2-ep-small-kv", "v1", 1, 0, tmp_path, env=vllm_patched, replay=path)
+    assert report.ok, fuzz.format_report(report)
+    assert report.preemptions > 0, fuzz.format_report(report)

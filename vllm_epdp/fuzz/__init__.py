@@ -1,0 +1,198 @@
+"""``vllm-epdp fuzz``: random request schedules against DP x EP servers,
+each judged against a single-rank server, with the collective ledger on.
+
+Hypothesis draws the schedules (vllm_epdp.fuzz.strategies), runs each
+against the target, which stays up between schedules (vllm_epdp.fuzz.session),
+and on a failure shrinks it to a small schedule that still fails; that one is
+saved as JSON and replays with ``vllm-epdp fuzz --target T --replay FILE``.
+Hypothesis also keeps failing examples in a database
+(``<cache>/fuzz-db/<target>-<runner>``) and tries them first next time.
+
+Exit status: 0 every schedule passed, 1 a schedule failed (hang, divergence
+from DP=1, NaN, ledger disagreement, a request the server failed), 2 usage or
+environment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from vllm_epdp.errors import EpdpError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vllm_epdp.fuzz.targets import TARGETS
+
+    parser.add_argument(
+        "--target",
+        default="serve-dp2-ep",
+        choices=sorted(TARGETS),
+        help="what to fuzz: " + "; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()),
+    )
+    parser.add_argument("--runner", choices=("v1", "v2"), default="v1", help="model runner (V2: Triton interpreter)")
+    parser.add_argument("--examples", type=int, default=20, metavar="N", help="schedules to draw (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same schedules")
+    parser.add_argument("--replay", metavar="FILE", help="run this saved schedule (JSON) instead of drawing")
+    parser.add_argument("--workdir", metavar="DIR", help="logs, ledgers and failing schedules (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+@dataclasses.dataclass
+class Report:
+    target: str
+    runner: str
+    seed: int
+    schedules: int = 0
+    requests: int = 0
+    aborts: int = 0
+    preemptions: int = 0
+    divergences: int = 0
+    hangs: int = 0
+    nonfinite: int = 0
+    errors: int = 0
+    restarts: int = 0
+    failures: list[dict] = dataclasses.field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def add(self, outcome) -> None:
+        self.schedules += 1
+        for key, value in outcome.counts().items():
+            setattr(self, key, getattr(self, key) + value)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _model_limits(model_dir: Path):
+    from vllm_epdp.fuzz.strategies import Limits
+    from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
+
+    config = json.loads((model_dir / "config.json").read_text())
+    return Limits(vocab_size=int(config["vocab_size"]), max_model_len=MAX_MODEL_LEN)
+
+
+def fuzz(
+    target_name: str,
+    runner: str,
+    examples: int,
+    seed: int,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    replay: Path | None = None,
+    say=_say,
+) -> Report:
+    """Run the schedules; return what happened (failures shrunk and saved)."""
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise EpdpError("vllm-epdp fuzz needs Hypothesis: pip install 'vllm-epdp[fuzz]' (or hypothesis)") from None
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from vllm_epdp import tiny_models
+    from vllm_epdp.fuzz.schedule import Schedule
+    from vllm_epdp.fuzz.session import Session
+    from vllm_epdp.fuzz.strategies import schedules
+    from vllm_epdp.fuzz.targets import target
+    from vllm_epdp.verify import default_cache_dir
+
+    started = time.monotonic()
+    chosen = target(target_name)
+    cache = default_cache_dir()
+    model = tiny_models.build("qwen3-moe", cache / "models" / "qwen3-moe")
+    limits = _model_limits(Path(model))
+    report = Report(target_name, runner, seed)
+    env = dict(os.environ if env is None else env)
+    failing: list[tuple[Schedule, list[str]]] = []
+
+    with Session(chosen, str(model), runner, workdir, env, say) as session:
+
+        def check(schedule: Schedule) -> None:
+            outcome = session.run(schedule)
+            report.add(outcome)
+            say(f"[fuzz] schedule {report.schedules}: {schedule.describe()}: {'ok' if outcome.ok else 'FAIL'}")
+            if not outcome.ok:
+                failing.append((schedule, outcome.problems))
+                raise AssertionError("\n".join(outcome.problems))
+
+        if replay is not None:
+            try:
+                check(Schedule.load(replay))
+            except AssertionError:
+                pass
+        else:
+            run = settings(
+                max_examples=examples,
+                deadline=None,
+                database=DirectoryBasedExampleDatabase(str(cache / "fuzz-db" / f"{target_name}-{runner}")),
+                suppress_health_check=list(HealthCheck),
+                print_blob=False,
+            )(hypothesis_seed(seed)(given(schedules(limits))(check)))
+            try:
+                run()
+            except AssertionError:
+                pass  # Hypothesis shrank it; the last failing schedule is the smallest
+            except Exception as exc:  # e.g. Hypothesis' Flaky: failed once, not again
+                failing.append((None, [f"{type(exc).__name__}: {exc}"]))
+        report.restarts = session.restarts
+
+    if failing:
+        schedule, problems = failing[-1]
+        entry = {"problems": problems}
+        if schedule is not None:
+            path = workdir / f"failure-{target_name}-{runner}-seed{seed}.json"
+            schedule.save(path)
+            entry["schedule"] = str(path)
+            entry["replay"] = f"vllm-epdp fuzz --target {target_name} --runner {runner} --replay {path}"
+        report.failures.append(entry)
+    report.wall_s = round(time.monotonic() - started, 1)
+    return report
+
+
+def run(args) -> int:
+    """The CLI entry (vllm_epdp/cli.py)."""
+    import tempfile
+
+    if args.examples < 1:
+        raise EpdpError("--examples must be at least 1")
+    if args.replay and not Path(args.replay).is_file():
+        raise EpdpError(f"--replay {args.replay}: no such file")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vllm-epdp-fuzz-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Hypothesis reports on stdout; keep stdout for the report itself.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = fuzz(args.target, args.runner, args.examples, args.seed, workdir,
+                      replay=Path(args.replay) if args.replay else None)  # fmt: skip
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=1))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def format_report(report: Report) -> str:
+    lines = [
+        f"{report.target} ({report.runner}), seed {report.seed}: {report.schedules} schedule(s), "
+        f"{report.requests} requests, {report.aborts} aborted, {report.preemptions} preemption(s), "
+        f"{report.divergences} divergence(s), {report.hangs} hang(s), {report.nonfinite} non-finite, "
+        f"{report.errors} error(s), {report.restarts} restart(s), {report.wall_s:.0f} s",
+    ]
+    for f in report.failures:
+        lines.append("FAILED: " + "\n  ".join(f["problems"][:20]))
+        if "replay" in f:
+            lines.append(f"smallest failing schedule: {f['schedule']}\nreplay: {f['replay']}")
+    lines.append("VERDICT: " + ("PASS" if report.ok else "FAIL"))
+    return "\n".join(lines)

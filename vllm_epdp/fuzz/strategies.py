@@ -1,0 +1,68 @@
+"""Hypothesis strategies that draw schedules (vllm_epdp.fuzz.schedule).
+
+Shapes that matter for DP x EP, each drawn with a fair chance, so Hypothesis
+can also shrink a failure towards the smallest schedule that still shows it:
+bursts of requests arriving together, gaps after a burst long enough for
+every DP rank to go idle (the wave ends; the next request wakes them), prompt
+lengths from 1 token to near max_model_len, max_tokens from 1, n = 2, streaming,
+client aborts mid-stream, and enough long requests at once that a small KV
+cache must preempt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import strategies as st
+
+from vllm_epdp.fuzz.schedule import Request, Schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    vocab_size: int
+    max_model_len: int
+    max_requests: int = 12
+    max_bursts: int = 4
+    wave_gap_s: float = 2.0  # a gap this long lets every DP rank's wave end
+    max_new_tokens: int = 48
+
+
+@st.composite
+def requests_of_burst(draw, limits: Limits, start_s: float) -> list[Request]:
+    count = draw(st.integers(1, max(1, limits.max_requests // 2)))
+    out = []
+    for _ in range(count):
+        max_tokens = draw(st.sampled_from([1, 2, 3]) | st.integers(1, limits.max_new_tokens))
+        room = limits.max_model_len - max_tokens
+        length = draw(st.integers(1, 16) | st.integers(1, room) | st.just(room))
+        prompt = tuple(draw(st.lists(st.integers(0, limits.vocab_size - 1), min_size=length, max_size=length)))
+        stream = draw(st.booleans())
+        abort_after = draw(st.none() | st.integers(0, max_tokens - 1)) if stream and max_tokens > 1 else None
+        out.append(
+            Request(
+                at_s=start_s + draw(st.floats(0.0, 0.5, allow_nan=False)),
+                prompt=prompt,
+                max_tokens=max_tokens,
+                n=draw(st.sampled_from([1, 1, 1, 2])),
+                stream=stream,
+                abort_after=abort_after,
+            )
+        )
+    return out
+
+
+@st.composite
+def schedules(draw, limits: Limits) -> Schedule:
+    at = 0.0
+    reqs: list[Request] = []
+    for i in range(draw(st.integers(1, limits.max_bursts))):
+        if i:
+            # A short gap keeps the wave open, a long one ends it.
+            at += draw(st.sampled_from([0.2, limits.wave_gap_s + 0.5]))
+        burst = draw(requests_of_burst(limits, at))
+        reqs += burst
+        at = max(r.at_s for r in burst)
+        if len(reqs) >= limits.max_requests:
+            break
+    return Schedule(tuple(sorted(reqs[: limits.max_requests], key=lambda r: r.at_s)))

