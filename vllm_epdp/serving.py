@@ -31,8 +31,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from vllm_epdp import procs, runners
+from vllm_epdp import log_forensics, procs, runners
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.ports import free_port
 
 TOPOLOGIES = ("mp", "ray", "multinode")
 SHUTDOWN_GRACE_S = 30.0
@@ -91,7 +92,7 @@ class Server:
         return "\n".join(g.dump_stacks() for g in self.groups)
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {p}\n{procs.log_tail(p, lines)}" for p in self.logs)
+        return "\n".join(f"--- {p}\n{log_forensics.log_tail(p, lines)}" for p in self.logs)
 
 
 def cpu_env(base: dict[str, str], ranks_here: int) -> dict[str, str]:
@@ -180,7 +181,7 @@ def serve(
 
 @contextlib.contextmanager
 def _start_mp(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float):
-    port = procs.free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *deployment.serve_args()]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--data-parallel-size", str(deployment.dp)]
     argv += ["--api-server-count", "1"]
