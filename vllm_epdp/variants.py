@@ -49,9 +49,15 @@ def overlay_without(*numbers: str) -> Path:
             # copy are never written through.
             taken_out = git_apply(tmp, patch, reverse=True)
             if not taken_out.ok:
+                later = [
+                    p.number
+                    for p in patches[patches.index(patch) + 1 :]
+                    if p not in chosen and set(p.files) & set(patch.files)
+                ]
+                hint = f"later patches change the same files: take out {patch.number} with {', '.join(later)}"
                 raise EpdpError(
                     f"cannot take {patch.number} out of the patched overlay: {', '.join(taken_out.problems)} "
-                    "(a later patch builds on it? name that one too)"
+                    f"({hint if later else 'a later patch builds on it? name that one too'})"
                 )
             # Taken out means: it applies forward again.
             if not git_apply(tmp, patch, check=True).ok:
