@@ -11,7 +11,6 @@ import pytest
 
 from vllm_epdp import fuzz
 from vllm_epdp.fuzz.schedule import Request, Schedule
-from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -31,11 +30,13 @@ def test_drawn_schedules_pass(vllm_patched, tmp_path, target, runner, examples, 
 
 
 def test_small_kv_cache_preempts_and_stays_correct(vllm_patched, tmp_path):
-    """A burst of long prompts on a 6-block KV cache (per DP rank): vLLM must
-    preempt (its counter says so) and every answer still equals DP=1's."""
+    """A burst of prompts of just under two 128-token blocks on a 6-block KV
+    cache per DP rank: each rank admits three, their decode needs a third block
+    each, so vLLM must preempt (its counter says so), and every answer still
+    equals DP=1's."""
     rng = random.Random(7)
-    long_prompt = lambda: tuple(rng.randrange(900) for _ in range(MAX_MODEL_LEN - 64))  # noqa: E731
-    burst = Schedule(tuple(Request(0.02 * i, long_prompt(), 48) for i in range(6)))
+    prompt = lambda: tuple(rng.randrange(900) for _ in range(240))  # noqa: E731
+    burst = Schedule(tuple(Request(0.02 * i, prompt(), 48) for i in range(8)))
     path = tmp_path / "burst.json"
     burst.save(path)
     report = fuzz.fuzz("serve-dp2-ep-small-kv", "v1", 1, 0, tmp_path, env=vllm_patched, replay=path)

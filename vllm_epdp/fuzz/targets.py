@@ -9,8 +9,10 @@ from vllm_epdp.errors import EpdpError
 from vllm_epdp.serving import Deployment
 
 MAX_MODEL_LEN = 512
-# Blocks of 128 tokens per DP rank: 6 hold one request of max_model_len and a
-# bit, so a burst of long prompts must preempt (the fuzz table counts it).
+# Blocks of 128 tokens per DP rank. vLLM admits a request once its prompt's
+# blocks are free, so 6 blocks take three prompts of two blocks each; when
+# their decode crosses into a third block none is free and vLLM must preempt
+# (a single long prompt only waits: no preemption).
 SMALL_KV_BLOCKS = 6
 
 
