@@ -75,12 +75,20 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _model_limits(model_dir: Path):
+# n > 1 asks vLLM to sample (it refuses n > 1 when greedy), and V2 samples
+# with top-k through a Triton kernel that Triton's interpreter cannot run
+# (`row_id.to(...)` on a Python int in _topk_topp_kernel): on CPU, V2 gets
+# n = 1 only. Compiled Triton on a GPU runs it.
+V2_CPU_MAX_N = 1
+
+
+def _model_limits(model_dir: Path, runner: str):
     from vllm_epdp.fuzz.strategies import Limits
     from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
 
     config = json.loads((model_dir / "config.json").read_text())
-    return Limits(vocab_size=int(config["vocab_size"]), max_model_len=MAX_MODEL_LEN)
+    max_n = V2_CPU_MAX_N if runner == "v2" else 2
+    return Limits(vocab_size=int(config["vocab_size"]), max_model_len=MAX_MODEL_LEN, max_n=max_n)
 
 
 def fuzz(
@@ -103,20 +111,24 @@ def fuzz(
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     from vllm_epdp import tiny_models
+    from vllm_epdp.cache import cache_root
     from vllm_epdp.fuzz.schedule import Schedule
     from vllm_epdp.fuzz.session import Session
     from vllm_epdp.fuzz.strategies import schedules
     from vllm_epdp.fuzz.targets import target
-    from vllm_epdp.verify import default_cache_dir
 
     started = time.monotonic()
     chosen = target(target_name)
-    cache = default_cache_dir()
+    cache = cache_root()
     model = tiny_models.build("qwen3-moe", cache / "models" / "qwen3-moe")
-    limits = _model_limits(Path(model))
+    limits = _model_limits(Path(model), runner)
     report = Report(target_name, runner, seed)
     env = dict(os.environ if env is None else env)
     failing: list[tuple[Schedule, list[str]]] = []
+    if replay is not None and any(r.n > limits.max_n for r in Schedule.load(replay).requests):
+        raise EpdpError(
+            f"{replay} asks n > {limits.max_n}, which {runner} cannot run on CPU: replay it with --runner v1"
+        )
 
     with Session(chosen, str(model), runner, workdir, env, say) as session:
 
