@@ -97,6 +97,13 @@ class Network:
     def nodes(self) -> tuple[Node, Node]:
         return (self.a, self.b)
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Network:
+        return cls(**{**d, "a": Node(**d["a"]), "b": Node(**d["b"])})
+
     def link_bytes(self) -> dict[str, tuple[int, int]]:
         """(rx, tx) bytes of each node's end of the node link: what really
         crossed between the nodes."""
