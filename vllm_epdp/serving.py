@@ -9,8 +9,8 @@ does (SIGINT, then the group is killed after a grace period).
 
 Topologies (``Deployment.topology``):
   mp         one host, vLLM's own DP engine processes (the default backend)
-  ray        ``--data-parallel-backend ray`` on a local Ray cluster started
-             and stopped here (vllm_epdp.topology_ray)
+  (ray       refused with the reason: vLLM's Ray DP backend does not start
+             on its CPU platform, see RAY_ON_CPU)
   multinode  two "nodes" as two network namespaces joined by a veth pair:
              the head serves DP rank 0, the other runs ``--headless`` from
              rank 1 (vllm_epdp.topology_netns)
@@ -35,7 +35,16 @@ from vllm_epdp import log_forensics, procs, runners
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.ports import free_port
 
-TOPOLOGIES = ("mp", "ray", "multinode")
+TOPOLOGIES = ("mp", "multinode")
+# Why there is no "ray" topology here: vLLM's Ray DP backend cannot start on
+# its CPU platform (0.32.0). CpuPlatform leaves ray_device_key empty, so the
+# DP placement groups look for devices named "" and stop; with the key set to
+# "CPU", the bundle count per DP rank, the workers' resource options and the
+# accelerator-id lookup all assume a GPU-like key as well.
+RAY_ON_CPU = (
+    "--data-parallel-backend ray does not start on vLLM's CPU platform "
+    "(CpuPlatform has no ray_device_key: 'No  found in Ray cluster.'); use topology mp or multinode"
+)
 SHUTDOWN_GRACE_S = 30.0
 
 
@@ -152,6 +161,8 @@ def serve(
     deadline_s: float = 6 * 3600.0,
 ) -> Iterator[Server]:
     """Start ``deployment``, wait until it answers, yield it, stop it."""
+    if deployment.topology == "ray":
+        raise EpdpError(RAY_ON_CPU)
     if deployment.topology not in TOPOLOGIES:
         raise EpdpError(f"unknown topology '{deployment.topology}': use one of {', '.join(TOPOLOGIES)}")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -162,10 +173,6 @@ def serve(
     base = runners.runner_env(deployment.runner, base)
     if deployment.topology == "mp":
         starter = _start_mp
-    elif deployment.topology == "ray":
-        from vllm_epdp import topology_ray
-
-        starter = topology_ray.start
     else:
         from vllm_epdp import topology_netns
 

@@ -47,7 +47,6 @@ TARGETS = {
         Target("serve-dp2-ep", "vllm serve, DP=2 + EP, one host (mp backend)", 2, 1, "mp"),
         Target("serve-dp2-ep-small-kv", "the same with a KV cache small enough to preempt", 2, 1, "mp", True),
         Target("serve-tp2-dp2-ep", "TP=2 x DP=2 with EP over 4 ranks, the reporters' layout", 2, 2, "mp"),
-        Target("serve-ray-dp2-ep", "--data-parallel-backend ray on a local Ray cluster", 2, 1, "ray"),
         Target("serve-multinode-dp2-ep", "two nodes (network namespaces), DP rank 1 headless", 2, 1, "multinode"),
     )
 }
