@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 @pytest.mark.parametrize(
     ("target", "runner", "examples", "seed"),
     [
-        ("serve-dp2-ep", "v1", 6, 11),
-        ("serve-dp2-ep", "v2", 4, 12),
-        ("serve-tp2-dp2-ep", "v1", 3, 13),
+        ("serve-dp2-ep", "v1", 4, 11),
+        ("serve-dp2-ep", "v2", 2, 12),  # V2 under Triton's interpreter: slow per step
+        ("serve-tp2-dp2-ep", "v1", 2, 13),
     ],
 )
 def test_drawn_schedules_pass(vllm_patched, tmp_path, target, runner, examples, seed):
