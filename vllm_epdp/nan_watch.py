@@ -38,7 +38,8 @@ from pathlib import Path
 from vllm_epdp import runners
 from vllm_epdp.nonfinite import NonFiniteCounter
 
-_WORKER_MODULE = "vllm.v1.worker.gpu_worker"
+# The module whose Worker.load_model is wrapped (the hook point).
+WORKER_MODULE = "vllm.v1.worker.gpu_worker"
 
 _state: _Watch | None = None
 
@@ -49,11 +50,24 @@ def install(outdir: str | os.PathLike) -> None:
     if _state is not None:
         return
     _state = _Watch(Path(outdir))
-    module = sys.modules.get(_WORKER_MODULE)
+    module = sys.modules.get(WORKER_MODULE)
     if module is not None:
         _patch_worker(module)
     else:
-        sys.meta_path.insert(0, _PatchOnImport(_WORKER_MODULE, _patch_worker))
+        sys.meta_path.insert(0, _PatchOnImport(WORKER_MODULE, _patch_worker))
+
+
+def flush() -> None:
+    """Write this process's file now (nothing if install() was not called)."""
+    if _state is not None:
+        _state.counter.flush()
+
+
+def reset() -> None:
+    """Forget this process's watch, so that the next install() starts a new
+    one (for tests; hooks already placed stay where they are)."""
+    global _state
+    _state = None
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
