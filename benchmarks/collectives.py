@@ -31,7 +31,8 @@ forward pass (--no-inference-mode to compare; views cost more without). Only tor
     python benchmarks/collectives.py --backend nccl --world-sizes 2 \\
         --json docs/collectives-nccl.json
 
-The core is materialised from patches/v0.32.0/0002-*.patch with git apply,
+The core is materialised from patches/v0.32.0/0002-*.patch with git apply
+(vllm_epdp.packed_core: vllm-epdp installed, or PYTHONPATH at the repository),
 or given with --core PATH.
 """
 
@@ -53,7 +54,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = [1, 8, 64, 512, 4096]
 HIDDEN = 4096
 METHODS = ["list", "list_alloc", "packed", "single", "barrier", "packed+barrier", "rs_native", "rs_allreduce"]
@@ -291,8 +291,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench_collectives_")
     core = args.core
     if core is None:
-        sys.path.insert(0, str(REPO / "tests" / "collectives"))
-        from materialise import materialise_core
+        from vllm_epdp.packed_core import materialise_core
 
         core = str(materialise_core(Path(tmp) / "core"))
     if args.backend == "nccl":

@@ -1,7 +1,8 @@
 """Correctness of the torch-only collective core (patch 0002) on any backend.
 
 The same byte-exact checks as tests/collectives/test_packed_core.py, for
-machines without vLLM (only torch and git): NCCL on GPUs, gloo on CPU.
+machines without vLLM (only torch, git and vllm-epdp, installed or on
+PYTHONPATH, for vllm_epdp.packed_core): NCCL on GPUs, gloo on CPU.
 
     torchrun --nproc-per-node=2 benchmarks/collectives_check.py      # NCCL if CUDA
     python benchmarks/collectives_check.py --world-size 4 --backend gloo
@@ -29,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "collectives"))
 
 import rank_core  # noqa: E402  (torch-only)
-from materialise import materialise_core  # noqa: E402
+
+from vllm_epdp.packed_core import materialise_core  # noqa: E402
 
 CHECKS = [
     ("gather: every dtype mix x size pattern", "gather_matrix", {}),

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vllm_epdp import nan_watch
+from vllm_epdp import nan_watch, nonfinite
 
 
 class FakeDecoderLayer(torch.nn.Module):
@@ -58,7 +58,7 @@ class FakeRunner:
 
 
 def make_worker_module(runner_cls=None):
-    module = types.ModuleType(nan_watch._WORKER_MODULE)
+    module = types.ModuleType(nan_watch.WORKER_MODULE)
 
     class Worker:
         def load_model(self):
@@ -71,11 +71,18 @@ def make_worker_module(runner_cls=None):
     return module
 
 
+@pytest.fixture(autouse=True)
+def no_watch():
+    """Every test installs its own watch."""
+    nan_watch.reset()
+    yield
+    nan_watch.reset()
+
+
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
-    monkeypatch.setattr(nan_watch, "_state", None)
     module = make_worker_module()
-    monkeypatch.setitem(sys.modules, nan_watch._WORKER_MODULE, module)
+    monkeypatch.setitem(sys.modules, nan_watch.WORKER_MODULE, module)
     nan_watch.install(tmp_path)
     yield module, tmp_path
 
@@ -89,7 +96,7 @@ def test_real_and_padding_rows_are_counted_apart(fresh):
     worker.model_runner.execute_model(sched)  # 3 real rows, no padding
     worker.model_runner.execute_model(sched, padded_to=5)  # DP padding 3 -> 5
     worker.execute_dummy_batch()  # idle rank: 1 row, all padding
-    nan_watch._state.flush()
+    nan_watch.flush()
     files = list(out.glob("nan_watch-*.json"))
     assert len(files) == 1
     data = json.loads(files[0].read_text())
@@ -105,7 +112,7 @@ def test_real_and_padding_rows_are_counted_apart(fresh):
     assert first["pad_nonfinite_rows"] == 2 + 1  # padded step + dummy step
     assert first["startup_nonfinite_rows"] == 8
     assert first["first_kind"] == "pad"
-    total = nan_watch.summarize(out)
+    total = nonfinite.summarize(out)
     assert total["processes"] == 1 and total["real_nonfinite_rows"] == 0
     assert total["pad_nonfinite_rows"] == 6 * 3 and total["padded_rows"] == 2
 
@@ -117,8 +124,8 @@ def test_nan_in_a_real_row_is_a_real_row(fresh):
     runner = worker.model_runner
     runner.forward = lambda rows, real: runner.model(torch.full((rows, 4), float("nan")))
     runner.execute_model(SimpleNamespace(total_num_scheduled_tokens=2))
-    nan_watch._state.flush()
-    total = nan_watch.summarize(out)
+    nan_watch.flush()
+    total = nonfinite.summarize(out)
     assert total["real_nonfinite_rows"] == 6 * 2 and total["pad_nonfinite_rows"] == 0
 
 
@@ -163,7 +170,7 @@ class Worker:
 LATE_IMPORT = """
 import json, sys
 from types import SimpleNamespace
-from vllm_epdp import nan_watch
+from vllm_epdp import nan_watch, nonfinite
 out = sys.argv[1]
 nan_watch.install(out)
 assert "vllm.v1.worker.gpu_worker" not in sys.modules
@@ -171,7 +178,7 @@ from vllm.v1.worker.gpu_worker import Worker  # imported after install()
 worker = Worker()
 worker.load_model()
 worker.model_runner.execute_model(SimpleNamespace(total_num_scheduled_tokens=3))
-print(json.dumps(nan_watch.summarize(out)))
+print(json.dumps(nonfinite.summarize(out)))
 """
 
 
@@ -219,16 +226,15 @@ class FakeRunnerV2(FakeRunner):
 
 
 def test_v2_dummy_run_through_execute_model_counts_as_dummy(monkeypatch, tmp_path):
-    monkeypatch.setattr(nan_watch, "_state", None)
     module = make_worker_module(FakeRunnerV2)
-    monkeypatch.setitem(sys.modules, nan_watch._WORKER_MODULE, module)
+    monkeypatch.setitem(sys.modules, nan_watch.WORKER_MODULE, module)
     nan_watch.install(tmp_path)
     worker = module.Worker()
     worker.load_model()
     worker.model_runner._dummy_run(8, is_profile=True)  # memory profiling: start-up
     worker.model_runner.execute_model(SimpleNamespace(total_num_scheduled_tokens=3))
     worker.execute_dummy_batch()  # the idle rank's step: 1 row, none real
-    nan_watch._state.flush()
+    nan_watch.flush()
     data = json.loads(next(tmp_path.glob("nan_watch-*.json")).read_text())
     assert data["startup_steps"] == 1
     assert data["rows"] == [[3, 3], [1, 0]] and data["dummy_steps"] == 1
@@ -237,9 +243,9 @@ def test_v2_dummy_run_through_execute_model_counts_as_dummy(monkeypatch, tmp_pat
 
 
 def test_nonfinite_rows_ignores_non_float_and_empty():
-    assert nan_watch.nonfinite_rows(torch.tensor([1, 2]), 1) == (0, 0)
-    assert nan_watch.nonfinite_rows(torch.empty(0, 3), 0) == (0, 0)
+    assert nonfinite.nonfinite_rows(torch.tensor([1, 2]), 1) == (0, 0)
+    assert nonfinite.nonfinite_rows(torch.empty(0, 3), 0) == (0, 0)
     t = torch.zeros(4, 2, 3)
     t[1, 0, 0] = float("inf")
     t[3, 1, 2] = float("nan")
-    assert nan_watch.nonfinite_rows(t, 2) == (1, 1)
+    assert nonfinite.nonfinite_rows(t, 2) == (1, 1)

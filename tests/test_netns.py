@@ -178,8 +178,7 @@ def test_one_line_errors_without_ip_or_root(monkeypatch):
     assert "\n" not in str(err.value)
 
 
-def test_subnet_choice_skips_what_is_in_use(monkeypatch):
+def test_subnet_choice_skips_what_is_in_use():
     used = [ipaddress.ip_network("10.213.5.0/24"), ipaddress.ip_network("10.213.6.4/30")]
-    monkeypatch.setattr(netns, "_used_networks", lambda: used)
-    assert str(netns.free_subnet(start=5)) == "10.213.7.0/29"
-    assert str(netns.free_subnet(start=4)) == "10.213.4.0/29"
+    assert str(netns.free_subnet(start=5, used=used)) == "10.213.7.0/29"
+    assert str(netns.free_subnet(start=4, used=used)) == "10.213.4.0/29"

@@ -1,20 +1,14 @@
-"""Count non-finite rows per decoder module, real rows vs DP-padding rows.
+"""Hook vLLM's worker so that non-finite rows are counted per decoder module.
 
 Switched on by ``VLLM_EPDP_NAN_WATCH=DIR`` (vllm_epdp/plugin.py calls
-``install(DIR)`` in every vLLM process). Each process that runs a model writes
-``DIR/nan_watch-<pid>.json``:
-
-  steps, dummy_steps          forward passes (dummy = an idle DP rank's or a
-                              profiling forward with no real token)
-  padded_steps, padded_rows   forwards whose row count exceeded the real tokens,
-  max_padded_rows             and by how much (DP padding)
-  rows                        [[rows, real], ...] per forward (first 5000)
-  startup_steps               forwards before the first execute_model or
-                              execute_dummy_batch (memory profiling, warm-up):
-                              counted apart
-  modules                     {name: {real_nonfinite_rows, pad_nonfinite_rows,
-                               startup_nonfinite_rows, first_step, first_kind}}
-                              for modules that ever produced a non-finite row
+``install(DIR)`` in every vLLM process). This module is the wiring only: it
+tells a ``vllm_epdp.nonfinite.NonFiniteCounter`` when a forward starts (its
+rows, how many of them are real), what each hooked module produced, and when
+serving begins (the first execute_model or execute_dummy_batch; forwards
+before it, memory profiling and warm-up, are start-up). Each process that runs
+a model writes ``DIR/nan_watch-<pid>.json``: its fields are described in
+vllm_epdp/nonfinite.py; ``info`` also holds the process's dp/tp/ep ranks and
+the model runner that runs, and ``hooked_layers`` how many layers were hooked.
 
 Where the hooks go and why:
 - The model exists only after ``Worker.load_model`` (vllm/v1/worker/gpu_worker.py)
@@ -37,18 +31,15 @@ from __future__ import annotations
 import atexit
 import importlib.abc
 import importlib.machinery
-import json
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 from vllm_epdp import runners
+from vllm_epdp.nonfinite import NonFiniteCounter
 
-_WORKER_MODULE = "vllm.v1.worker.gpu_worker"
-_MAX_ROWS_LOG = 5000
-_FLUSH_EVERY_S = 2.0
+# The module whose Worker.load_model is wrapped (the hook point).
+WORKER_MODULE = "vllm.v1.worker.gpu_worker"
 
 _state: _Watch | None = None
 
@@ -59,11 +50,24 @@ def install(outdir: str | os.PathLike) -> None:
     if _state is not None:
         return
     _state = _Watch(Path(outdir))
-    module = sys.modules.get(_WORKER_MODULE)
+    module = sys.modules.get(WORKER_MODULE)
     if module is not None:
         _patch_worker(module)
     else:
-        sys.meta_path.insert(0, _PatchOnImport(_WORKER_MODULE, _patch_worker))
+        sys.meta_path.insert(0, _PatchOnImport(WORKER_MODULE, _patch_worker))
+
+
+def flush() -> None:
+    """Write this process's file now (nothing if install() was not called)."""
+    if _state is not None:
+        _state.counter.flush()
+
+
+def reset() -> None:
+    """Forget this process's watch, so that the next install() starts a new
+    one (for tests; hooks already placed stay where they are)."""
+    global _state
+    _state = None
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -121,48 +125,24 @@ def _rank_info() -> dict:
     return info
 
 
-def nonfinite_rows(t, real: int) -> tuple[int, int]:
-    """(non-finite rows among the first ``real`` rows, among the rest)."""
-    import torch
-
-    if t.dim() == 0 or t.shape[0] == 0 or not t.is_floating_point():
-        return 0, 0
-    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
-    real = max(0, min(real, t.shape[0]))
-    return int(bad[:real].sum()), int(bad[real:].sum())
-
-
 class _Watch:
-    def __init__(self, outdir: Path) -> None:
-        self.path = outdir / f"nan_watch-{os.getpid()}.json"
-        self.lock = threading.Lock()
-        self.real_stack: list[int] = []  # real rows of the forward in progress
-        self.data = {
-            "info": {"pid": os.getpid()},
-            "steps": 0,
-            "dummy_steps": 0,
-            "padded_steps": 0,
-            "padded_rows": 0,
-            "max_padded_rows": 0,
-            "rows": [],
-            "modules": {},
-        }
-        self.last_flush = 0.0
-        self.attached = False
-        # Forwards before the first execute_model (memory profiling, warm-up)
-        # are counted apart: their outputs are thrown away, but still reported.
-        self.serving = False
+    """The hooks of one process, feeding its counter."""
 
-    # -- wiring
+    def __init__(self, outdir: Path) -> None:
+        self.counter = NonFiniteCounter(outdir)
+        self.real_stack: list[int] = []  # real rows of the forward in progress
+        self.attached = False
+
     def attach(self, worker) -> None:
         if self.attached:
             return
         self.attached = True
-        self.data["info"] = _rank_info()
+        data = self.counter.data
+        data["info"] = _rank_info()
         runner = worker.model_runner
         # Which model runner really runs (V1 or V2), whatever was asked for.
-        self.data["info"]["runner"] = runners.runner_of(type(runner))
-        self.data["info"]["runner_class"] = f"{type(runner).__module__}.{type(runner).__qualname__}"
+        data["info"]["runner"] = runners.runner_of(type(runner))
+        data["info"]["runner_class"] = f"{type(runner).__module__}.{type(runner).__qualname__}"
         self._wrap_runner(worker, runner)
         model = runner.get_model()
         layers = [(name, mod) for name, mod in model.named_modules() if type(mod).__name__.endswith("DecoderLayer")]
@@ -176,17 +156,18 @@ class _Watch:
                 if "norm" in type(child).__name__.lower():
                     continue
                 child.register_forward_hook(self._hook(f"{name}.{child_name}"))
-        self.data["hooked_layers"] = len(layers)
-        atexit.register(self.flush)
-        self.flush()
+        data["hooked_layers"] = len(layers)
+        atexit.register(self.counter.flush)
+        self.counter.flush()
 
     def _wrap_runner(self, worker, runner) -> None:
         execute_model, dummy_run = runner.execute_model, runner._dummy_run
         execute_dummy_batch = worker.execute_dummy_batch
+        counter = self.counter
 
         def execute_dummy_batch_watched(*args, **kwargs):
             # An idle DP rank's step while its peers work: serving has begun.
-            self.serving = True
+            counter.serving = True
             return execute_dummy_batch(*args, **kwargs)
 
         def execute_model_watched(scheduler_output, *args, **kwargs):
@@ -194,7 +175,7 @@ class _Watch:
             # dummy_run=True and a made-up scheduler output that counts the
             # dummy rows: none of them is real. Its profiling run is start-up.
             if not kwargs.get("is_profile", False):
-                self.serving = True
+                counter.serving = True
             real = 0 if kwargs.get("dummy_run", False) else int(scheduler_output.total_num_scheduled_tokens)
             self.real_stack.append(real)
             try:
@@ -213,11 +194,12 @@ class _Watch:
         runner.execute_model = execute_model_watched
         runner._dummy_run = dummy_run_watched
 
-    # -- hooks
     def _real(self) -> int:
         return self.real_stack[-1] if self.real_stack else 0
 
     def _on_step(self, _module, args, kwargs):
+        """Pre-hook of the first decoder layer: a forward starts; its rows are
+        the first dimension of the layer's first tensor argument."""
         import torch
 
         first = next(
@@ -225,114 +207,10 @@ class _Watch:
             None,
         )
         rows = int(first.shape[0]) if first is not None and first.dim() > 0 else 0
-        real = self._real()
-        d = self.data
-        with self.lock:
-            if not self.serving:
-                d["startup_steps"] = d.get("startup_steps", 0) + 1
-                return
-            d["steps"] += 1
-            if real == 0:
-                d["dummy_steps"] += 1
-            elif rows > real:
-                d["padded_steps"] += 1
-                d["padded_rows"] += rows - real
-                d["max_padded_rows"] = max(d["max_padded_rows"], rows - real)
-            if len(d["rows"]) < _MAX_ROWS_LOG:
-                d["rows"].append([rows, real])
-        self._maybe_flush()
+        self.counter.step(rows, self._real())
 
     def _hook(self, name: str):
-        import torch
-
         def hook(_module, _args, output):
-            tensors = output if isinstance(output, (tuple, list)) else (output,)
-            real = self._real()
-            bad_real = bad_pad = 0
-            for t in tensors:
-                if isinstance(t, torch.Tensor):
-                    r, p = nonfinite_rows(t.detach(), real)
-                    bad_real, bad_pad = max(bad_real, r), max(bad_pad, p)
-            if bad_real or bad_pad:
-                self._record(name, bad_real, bad_pad)
+            self.counter.module_output(name, output, self._real())
 
         return hook
-
-    def _record(self, name: str, bad_real: int, bad_pad: int) -> None:
-        with self.lock:
-            entry = self.data["modules"].get(name)
-            fresh = entry is None
-            if fresh:
-                entry = self.data["modules"][name] = {
-                    "real_nonfinite_rows": 0,
-                    "pad_nonfinite_rows": 0,
-                    "startup_nonfinite_rows": 0,
-                    "first_step": self.data["steps"],
-                    "first_kind": None,
-                }
-            if not self.serving:
-                entry["startup_nonfinite_rows"] += bad_real + bad_pad
-                fresh = False
-            else:
-                fresh = fresh or entry["first_kind"] is None
-                if entry["first_kind"] is None:
-                    entry["first_step"] = self.data["steps"]
-                    entry["first_kind"] = "real" if bad_real else "pad"
-                entry["real_nonfinite_rows"] += bad_real
-                entry["pad_nonfinite_rows"] += bad_pad
-        if fresh:
-            self.flush()
-
-    # -- output
-    def _maybe_flush(self) -> None:
-        if time.monotonic() - self.last_flush > _FLUSH_EVERY_S:
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            self.last_flush = time.monotonic()
-            text = json.dumps(self.data)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.path)  # readers never see half a file
-        except OSError as exc:
-            print(f"[vllm-epdp nan_watch] cannot write {self.path}: {exc}", file=sys.stderr)
-
-
-def summarize(outdir: str | os.PathLike) -> dict:
-    """Merge every process's file of ``outdir`` into one report."""
-    total = {
-        "processes": 0,
-        "steps": 0,
-        "dummy_steps": 0,
-        "padded_steps": 0,
-        "padded_rows": 0,
-        "max_padded_rows": 0,
-        "real_nonfinite_rows": 0,
-        "pad_nonfinite_rows": 0,
-        "startup_nonfinite_rows": 0,
-        "runners": [],  # model runners the processes ran ("V1", "V2")
-        "modules": {},
-    }
-    for path in sorted(Path(outdir).glob("nan_watch-*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        total["processes"] += 1
-        runner = data.get("info", {}).get("runner")
-        if runner and runner not in total["runners"]:
-            total["runners"].append(runner)
-        for key in ("steps", "dummy_steps", "padded_steps", "padded_rows"):
-            total[key] += data.get(key, 0)
-        total["max_padded_rows"] = max(total["max_padded_rows"], data.get("max_padded_rows", 0))
-        rank = data.get("info", {})
-        tag = "dp{}tp{}".format(rank.get("dp_rank", "?"), rank.get("tp_rank", "?"))
-        for name, entry in data.get("modules", {}).items():
-            total["real_nonfinite_rows"] += entry["real_nonfinite_rows"]
-            total["pad_nonfinite_rows"] += entry["pad_nonfinite_rows"]
-            total["startup_nonfinite_rows"] += entry.get("startup_nonfinite_rows", 0)
-            total["modules"][f"{tag}:{name}"] = entry
-    return total

@@ -179,10 +179,12 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     return used
 
 
-def free_subnet(start: int = 0) -> ipaddress.IPv4Network:
+def free_subnet(start: int = 0, used: list[ipaddress.IPv4Network] | None = None) -> ipaddress.IPv4Network:
     """The first 10.213.K.0/29 (from K = start, wrapping) that overlaps
-    nothing in use; called under the allocation lock."""
-    used = _used_networks()
+    nothing in ``used`` (default: every network in use on this machine now);
+    called under the allocation lock."""
+    if used is None:
+        used = _used_networks()
     for i in range(256):
         candidate = ipaddress.ip_network(f"{SUPERNET}.{(start + i) % 256}.0/29")
         if not any(candidate.overlaps(u) for u in used):

@@ -253,6 +253,12 @@ class ProcGroup:
                 self._known.setdefault(pid, info.start)
         return living(self._known)
 
+    def survivors(self) -> set[int]:
+        """Pids this group has seen (each ``members()`` call records them) that
+        are still alive, without looking for new ones: after close(), what it
+        left behind."""
+        return living(self._known)
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 

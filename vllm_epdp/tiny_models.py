@@ -37,7 +37,8 @@ from typing import Any
 # Bump when the build recipe changes in a way the config/key would not show
 # (tokenizer training text, init scheme, file layout).
 _RECIPE_VERSION = 1
-_KEY_FILE = "epdp-build-key.json"
+# Written last into a model directory: its presence marks a complete build.
+KEY_FILE = "epdp-build-key.json"
 
 _SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -168,7 +169,7 @@ _RECIPES: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 # Target tokenizer size (byte alphabet + merges + special tokens).
-_VOCAB_TARGET = 1000
+VOCAB_TARGET = 1000
 # Standard deviation of the random init. Hugging Face's default (0.02) gives a
 # tiny model near-uniform logits, and greedy decoding then repeats one token
 # forever; a larger spread gives clear argmax margins and varied continuations.
@@ -215,7 +216,7 @@ def _build_key(kind: str, seed: int) -> dict[str, Any]:
         "recipe": _RECIPE_VERSION,
         "kind": kind,
         "seed": seed,
-        "vocab_target": _VOCAB_TARGET,
+        "vocab_target": VOCAB_TARGET,
         "init_std": _INIT_STD,
         "config": _RECIPES[kind](0),
         "tokenizer_text": text_hash,
@@ -228,7 +229,7 @@ def _build_key(kind: str, seed: int) -> dict[str, Any]:
 
 def _read_key(dest: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((dest / _KEY_FILE).read_text())
+        return json.loads((dest / KEY_FILE).read_text())
     except (OSError, ValueError):
         return None
 
@@ -244,7 +245,7 @@ def _build(kind: str, dest: Path, seed: int) -> Path:
     try:
         _write_model(kind, tmp, seed)
         # The key is written last: its presence marks a complete build.
-        (tmp / _KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+        (tmp / KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
         _normal_permissions(tmp)
         _move_into_place(tmp, dest, key)
     finally:
@@ -316,7 +317,7 @@ def _tokenizer_json() -> str:
     # id 0 is then "!", as in the Qwen vocabularies, and NaN logits (argmax 0)
     # show up as the run of "!" that users report instead of an early EOS.
     trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB_TARGET - len(_SPECIAL_TOKENS),
+        vocab_size=VOCAB_TARGET - len(_SPECIAL_TOKENS),
         min_frequency=1,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from materialise import materialise_core  # noqa: E402
+from vllm_epdp.packed_core import materialise_core
 
 
 @pytest.fixture(scope="session")

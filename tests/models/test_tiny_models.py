@@ -48,7 +48,7 @@ def test_other_seed_other_weights_and_stale_build_replaced(moe_model, tmp_path):
     tiny_models.build_qwen3_moe(dest, seed=0)
     assert _files(dest) == _files(moe_model)
     # An incomplete directory (no key file) is replaced, not trusted.
-    (dest / tiny_models._KEY_FILE).unlink()
+    (dest / tiny_models.KEY_FILE).unlink()
     (dest / "model.safetensors").write_bytes(b"torn")
     tiny_models.build_qwen3_moe(dest)
     assert _files(dest) == _files(moe_model)
@@ -66,7 +66,7 @@ def test_config_and_tokenizer(moe_model, next_model):
     assert str(nxt.dtype) == "torch.bfloat16" and nxt.shared_expert_intermediate_size > 0
 
     tok = AutoTokenizer.from_pretrained(moe_model)
-    assert 900 <= len(tok) <= 1000 == tiny_models._VOCAB_TARGET
+    assert 900 <= len(tok) <= 1000 == tiny_models.VOCAB_TARGET
     assert len(tok) == moe.vocab_size
     # id 0 is "!" (so NaN logits give the reported run of "!"), specials at the end.
     assert tok.convert_ids_to_tokens(0) == "!"

@@ -16,7 +16,7 @@ from vllm_epdp.verify.plan import Model
 
 def assess(result, model: Model, reference, args) -> dict:
     """One table row (and JSON entry) for a run."""
-    from vllm_epdp import nan_watch
+    from vllm_epdp import nonfinite
 
     config = result.config
     row = {
@@ -39,7 +39,7 @@ def assess(result, model: Model, reference, args) -> dict:
         "nonfinite_logprobs": 0,
     }
     watch_dir = result.workdir / "nan_watch"
-    watch = nan_watch.summarize(watch_dir) if watch_dir.exists() else None
+    watch = nonfinite.summarize(watch_dir) if watch_dir.exists() else None
     row["nan_watch"] = watch
     row["runner"] = ran_runner(result.workdir, watch)
     if config.runner != "auto" and row["runner"] not in (None, config.runner.upper()):
