@@ -38,14 +38,7 @@ class ReleaseState:
     details: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {
-            "number": self.patch.number,
-            "name": self.patch.name,
-            "subject": self.patch.subject,
-            "state": self.state,
-            "details": self.details,
-            "files": list(self.patch.files),
-        }
+        return self.patch.state_json(self.state, self.details)
 
 
 def judge(release_root: Path, patches: list[Patch]) -> list[ReleaseState]:

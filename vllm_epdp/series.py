@@ -74,6 +74,17 @@ class Patch:
     def files(self) -> tuple[str, ...]:
         return tuple(c.path for c in self.changes)
 
+    def state_json(self, state: str, details: list[str]) -> dict:
+        """A patch and what was found about it, as status and check --json print it."""
+        return {
+            "number": self.number,
+            "name": self.name,
+            "subject": self.subject,
+            "state": state,
+            "details": details,
+            "files": list(self.files),
+        }
+
     @property
     def created_files(self) -> tuple[str, ...]:
         return tuple(c.path for c in self.changes if c.created)

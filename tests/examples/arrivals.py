@@ -82,18 +82,3 @@ def run(url: str, timeout_s: float = 120.0) -> dict[str, list]:
 
 def expected() -> dict[str, list]:
     return {"busy_and_idle": [n for _, n in BUSY_AND_IDLE], "wake_and_burst": [n for _, n in WAKE_AND_BURST]}
-
-
-def wait_quiet(directory, quiet_s: float = 3.0, limit_s: float = 60.0) -> bool:
-    """Wait until no ledger file in ``directory`` has grown for ``quiet_s``
-    (the engines ended their wave); False if that took longer than limit_s."""
-    deadline = time.monotonic() + limit_s
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        sizes = sorted((p.name, p.stat().st_size) for p in directory.glob("*.jsonl"))
-        if sizes != last:
-            last, since = sizes, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return True
-        time.sleep(0.2)
-    return False

@@ -110,7 +110,7 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
                     + "\n"
                     + log_tail(server_log, 40)
                 )
-        quiet = served is not None and arrivals.wait_quiet(ledger_dir)
+        quiet = served is not None and ledger.wait_quiet(ledger_dir)
         alive = group.exited()["serve"] is None
     text = client_log.read_text(errors="replace")
     assert alive, "server exited early:\n" + log_tail(server_log, 60)
@@ -139,6 +139,6 @@ def test_serve_upstream_idle_join_proposal_drifts(example_env, tiny_moe, tmp_pat
     with serving(env, tiny_moe, tmp_path) as (url, group, server_log, ledger_dir):
         assert arrivals.soak_client.wait_healthy(url, 240), "server not healthy after 240 s"
         served = arrivals.run(url, timeout_s=30)
-        arrivals.wait_quiet(ledger_dir, limit_s=30)
+        ledger.wait_quiet(ledger_dir, limit_s=30)
     assert served != arrivals.expected(), "expected requests that never finish"
     assert ledger.compare(ledger_dir), "expected the ranks' DP collectives to diverge"

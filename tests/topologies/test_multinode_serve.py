@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -83,7 +82,7 @@ def test_headless_second_node_matches_dp1(tiny_moe, vllm_patched, dp1_reference,
         )  # fmt: skip
         a_pids |= pids_of([node_a])
         b_pids |= pids_of([node_b])
-        quiet = wait_quiet(server.ledger_dir)
+        quiet = ledger.wait_quiet(server.ledger_dir)
         alive = server.alive()
         crossed = net.link_bytes()
         left_running = server.log_tail(60)
@@ -112,18 +111,3 @@ def test_headless_second_node_matches_dp1(tiny_moe, vllm_patched, dp1_reference,
     assert not pids_of(server.groups)
     assert not {pid for pid in a_pids | b_pids if (info := procs.read_proc(pid)) and info.state != "Z"}
     assert netns.leftovers_of(net) == []
-
-
-def wait_quiet(directory: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> bool:
-    """No ledger file grew for ``quiet_s``: the engines ended their wave (a
-    rank mid-step is one entry ahead of its peer for a moment)."""
-    deadline = time.monotonic() + limit_s
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        sizes = sorted((p.name, p.stat().st_size) for p in directory.glob("*.jsonl"))
-        if sizes != last:
-            last, since = sizes, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return True
-        time.sleep(0.2)
-    return False

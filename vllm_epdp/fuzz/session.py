@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import time
 from pathlib import Path
 
 from vllm_epdp import ledger, serving
@@ -16,21 +15,6 @@ from vllm_epdp.fuzz.targets import Target
 from vllm_epdp.fuzz.verdict import Outcome, judge
 
 REQUEST_TIMEOUT_S = 120.0
-
-
-def wait_quiet(directory: Path, quiet_s: float = 2.0, limit_s: float = 60.0) -> bool:
-    """Until no ledger file has grown for ``quiet_s`` (every engine ended its
-    wave, so nothing is in flight and the ledgers can be compared)."""
-    deadline = time.monotonic() + limit_s
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        sizes = sorted((p.name, p.stat().st_size) for p in Path(directory).glob("*.jsonl"))
-        if sizes != last:
-            last, since = sizes, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return True
-        time.sleep(0.25)
-    return False
 
 
 class Session:
@@ -88,7 +72,7 @@ class Session:
         stacks = self.server.stacks() if hung else ""
         problems = []
         if not hung and self.server.ledger_dir is not None:
-            if wait_quiet(self.server.ledger_dir):
+            if ledger.wait_quiet(self.server.ledger_dir, quiet_s=2.0):
                 problems = ledger.compare(self.server.ledger_dir)
             else:
                 problems = ["the engines did not go quiet within 60 s after the last answer"]

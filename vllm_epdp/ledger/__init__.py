@@ -17,6 +17,6 @@ command line is cli.py.
 
 from vllm_epdp.ledger.cli import main
 from vllm_epdp.ledger.record import install
-from vllm_epdp.ledger.report import compare, counts, load, summary
+from vllm_epdp.ledger.report import compare, counts, load, summary, wait_quiet
 
-__all__ = ["compare", "counts", "install", "load", "main", "summary"]
+__all__ = ["compare", "counts", "install", "load", "main", "summary", "wait_quiet"]

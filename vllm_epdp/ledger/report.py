@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,3 +152,20 @@ def counts(directory: str | os.PathLike) -> dict[str, dict[int, int]]:
         key: {m: sum(1 for e in entries if e.op not in P2P_OPS) for m, (_, entries) in members.items()}
         for key, members in ledger.groups.items()
     }
+
+
+def wait_quiet(directory: str | os.PathLike, quiet_s: float = 3.0, limit_s: float = 60.0) -> bool:
+    """Wait until no ledger file in ``directory`` has grown for ``quiet_s``:
+    every engine ended its wave, so nothing is in flight and the ledgers can
+    be compared (mid-step, one rank is an entry ahead of its peer for a
+    moment). False if that took longer than ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        sizes = sorted((p.name, p.stat().st_size) for p in Path(directory).glob("*.jsonl"))
+        if sizes != last:
+            last, since = sizes, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return True
+        time.sleep(0.2)
+    return False

@@ -34,14 +34,7 @@ class PatchStatus:
     on_disk: Patch | None = None
 
     def to_json(self) -> dict:
-        return {
-            "number": self.patch.number,
-            "name": self.patch.name,
-            "subject": self.patch.subject,
-            "state": self.state,
-            "details": self.details,
-            "files": list(self.patch.files),
-        }
+        return self.patch.state_json(self.state, self.details)
 
 
 def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
