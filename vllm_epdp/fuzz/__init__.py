@@ -158,7 +158,11 @@ def fuzz(
             except AssertionError:
                 pass  # Hypothesis shrank it; the last failing schedule is the smallest
             except Exception as exc:  # e.g. Hypothesis' Flaky: failed once, not again
-                failing.append((None, [f"{type(exc).__name__}: {exc}"]))
+                problem = f"{type(exc).__name__}: {exc}"
+                if failing:  # keep the schedule that failed: it is the lead to follow
+                    failing[-1] = (failing[-1][0], failing[-1][1] + [problem])
+                else:
+                    failing.append((None, [problem]))
         report.restarts = session.restarts
 
     if failing:
