@@ -40,11 +40,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--workdir", default="fuzz-campaign", help="logs, ledgers, failing schedules")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument(
+        "--append", action="store_true", help="add to the rows already in --json (e.g. V2 with fewer schedules)"
+    )
     ap.add_argument("--markdown", metavar="FILE")
     args = ap.parse_args()
     env = overlay_env("patched")
-    rows = []
-    started = time.monotonic()
+    rows, earlier_s = [], 0.0
+    if args.append and args.json and Path(args.json).is_file():
+        earlier = json.loads(Path(args.json).read_text())
+        rows, earlier_s = earlier["rows"], float(earlier["wall_s"])
+    started = time.monotonic() - earlier_s
     for i, (name, runner) in enumerate((t, r) for t in args.targets for r in args.runners):
         workdir = Path(args.workdir) / f"{name}-{runner}"
         workdir.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,9 @@ TOPOLOGIES = ("mp", "multinode")
 # its CPU platform (0.32.0). CpuPlatform leaves ray_device_key empty, so the
 # DP placement groups look for devices named "" and stop; with the key set to
 # "CPU", the bundle count per DP rank, the workers' resource options and the
-# accelerator-id lookup all assume a GPU-like key as well.
+# accelerator-id lookup all assume a GPU-like key as well. Upstream: #21602
+# (the same wall for the Ray executor, closed as stale) and #25386 (Ray
+# executor and Ray DP for the CPU backend, closed without merging).
 RAY_ON_CPU = (
     "--data-parallel-backend ray does not start on vLLM's CPU platform "
     "(CpuPlatform has no ray_device_key: 'No  found in Ray cluster.'); use topology mp or multinode"
