@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.fuzz.verdict import Counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,18 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclasses.dataclass
-class Report:
+class Report(Counts):
     target: str
     runner: str
     seed: int
     schedules: int = 0
-    requests: int = 0
-    aborts: int = 0
-    preemptions: int = 0
-    divergences: int = 0
-    hangs: int = 0
-    nonfinite: int = 0
-    errors: int = 0
     restarts: int = 0
     failures: list[dict] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
@@ -65,10 +59,9 @@ class Report:
     def ok(self) -> bool:
         return not self.failures
 
-    def add(self, outcome) -> None:
+    def add(self, outcome: Counts) -> None:
         self.schedules += 1
-        for key, value in outcome.counts().items():
-            setattr(self, key, getattr(self, key) + value)
+        super().add(outcome)
 
 
 def _say(msg: str) -> None:

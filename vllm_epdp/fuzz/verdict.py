@@ -18,9 +18,10 @@ from vllm_epdp.fuzz.client import Answer
 from vllm_epdp.fuzz.schedule import Schedule
 
 
-@dataclasses.dataclass
-class Outcome:
-    problems: list[str]
+@dataclasses.dataclass(kw_only=True)
+class Counts:
+    """What a schedule (Outcome) or a whole fuzz run (fuzz.Report) saw."""
+
     requests: int = 0
     aborts: int = 0
     preemptions: int = 0
@@ -29,12 +30,21 @@ class Outcome:
     nonfinite: int = 0
     errors: int = 0
 
+    def counts(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Counts)}
+
+    def add(self, other: Counts) -> None:
+        for key, value in other.counts().items():
+            setattr(self, key, getattr(self, key) + value)
+
+
+@dataclasses.dataclass
+class Outcome(Counts):
+    problems: list[str]
+
     @property
     def ok(self) -> bool:
         return not self.problems
-
-    def counts(self) -> dict[str, int]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "problems"}
 
 
 def judge(
