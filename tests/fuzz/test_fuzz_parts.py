@@ -34,6 +34,23 @@ def test_drawn_schedules_respect_the_limits(schedule):
     assert Schedule.from_json(json.loads(json.dumps(schedule.to_json()))) == schedule
 
 
+SMALL_KV = Limits(vocab_size=50, max_model_len=512, kv_block_tokens=128)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schedules(SMALL_KV))
+def test_small_kv_schedules_open_with_a_burst_that_must_preempt(schedule):
+    """Six or more prompts of under two blocks each, together, every one
+    growing into a third block: three fill a 6-block cache, then must preempt."""
+
+    def grows_into_a_third_block(r):
+        return 128 < len(r.prompt) < 256 < len(r.prompt) + r.max_tokens <= SMALL_KV.max_model_len
+
+    burst = [r for r in schedule.requests if r.at_s <= 0.2 and grows_into_a_third_block(r)]
+    assert len(burst) >= 6
+    assert len(schedule.requests) > len(burst)  # drawn traffic follows the burst
+
+
 def greedy(prompt, max_tokens, shift=0):
     """The stand-in's 'model': a token sequence that depends on the prompt."""
     return [(sum(prompt) + 3 * i + shift) % 50 for i in range(max_tokens)]

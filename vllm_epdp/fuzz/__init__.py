@@ -75,13 +75,18 @@ def _say(msg: str) -> None:
 V2_CPU_MAX_N = 1
 
 
-def _model_limits(model_dir: Path, runner: str):
+def _model_limits(model_dir: Path, runner: str, small_kv: bool):
     from vllm_epdp.fuzz.strategies import Limits
-    from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
+    from vllm_epdp.fuzz.targets import CPU_BLOCK_TOKENS, MAX_MODEL_LEN
 
     config = json.loads((model_dir / "config.json").read_text())
     max_n = V2_CPU_MAX_N if runner == "v2" else 2
-    return Limits(vocab_size=int(config["vocab_size"]), max_model_len=MAX_MODEL_LEN, max_n=max_n)
+    return Limits(
+        vocab_size=int(config["vocab_size"]),
+        max_model_len=MAX_MODEL_LEN,
+        max_n=max_n,
+        kv_block_tokens=CPU_BLOCK_TOKENS if small_kv else None,
+    )
 
 
 def fuzz(
@@ -114,7 +119,7 @@ def fuzz(
     chosen = target(target_name)
     cache = cache_root()
     model = tiny_models.build("qwen3-moe", cache / "models" / "qwen3-moe")
-    limits = _model_limits(Path(model), runner)
+    limits = _model_limits(Path(model), runner, chosen.small_kv)
     report = Report(target_name, runner, seed)
     env = dict(os.environ if env is None else env)
     failing: list[tuple[Schedule, list[str]]] = []

@@ -27,6 +27,9 @@ class Limits:
     wave_gap_s: float = 2.0  # a gap this long lets every DP rank's wave end
     max_new_tokens: int = 48
     max_n: int = 2  # 1 where n > 1 cannot run (V2 under Triton's interpreter)
+    # Small-KV targets: every schedule opens with a burst that must preempt
+    # (see pressure_burst); None elsewhere.
+    kv_block_tokens: int | None = None
 
 
 @st.composite
@@ -54,9 +57,32 @@ def requests_of_burst(draw, limits: Limits, start_s: float) -> list[Request]:
 
 
 @st.composite
+def pressure_burst(draw, limits: Limits) -> list[Request]:
+    """Six or more prompts of just under two KV blocks at once, each asking
+    enough tokens that its decode needs a third block: on a 6-block cache per
+    DP rank three get in, and their growth must preempt (a drawn schedule of
+    short prompts never fills the cache)."""
+    block = limits.kv_block_tokens
+    out = []
+    for _ in range(draw(st.integers(6, max(6, limits.max_requests)))):
+        length = draw(st.integers(2 * block - 36, 2 * block - 6))
+        max_tokens = draw(
+            st.integers(2 * block - length + 4, min(limits.max_new_tokens, limits.max_model_len - length))
+        )
+        prompt = tuple(draw(st.lists(st.integers(0, limits.vocab_size - 1), min_size=length, max_size=length)))
+        out.append(Request(draw(st.floats(0.0, 0.2, allow_nan=False)), prompt, max_tokens))
+    return out
+
+
+@st.composite
 def schedules(draw, limits: Limits) -> Schedule:
     at = 0.0
+    pressure: list[Request] = []
+    if limits.kv_block_tokens:
+        pressure = draw(pressure_burst(limits))
+        at = max(r.at_s for r in pressure) + draw(st.sampled_from([0.2, limits.wave_gap_s + 0.5]))
     reqs: list[Request] = []
+    room = max(1, limits.max_requests - len(pressure))  # the pressure burst is kept whole
     for i in range(draw(st.integers(1, limits.max_bursts))):
         if i:
             # A short gap keeps the wave open, a long one ends it.
@@ -64,6 +90,6 @@ def schedules(draw, limits: Limits) -> Schedule:
         burst = draw(requests_of_burst(limits, at))
         reqs += burst
         at = max(r.at_s for r in burst)
-        if len(reqs) >= limits.max_requests:
+        if len(reqs) >= room:
             break
-    return Schedule(tuple(sorted(reqs[: limits.max_requests], key=lambda r: r.at_s)))
+    return Schedule(tuple(sorted(pressure + reqs[:room], key=lambda r: r.at_s)))

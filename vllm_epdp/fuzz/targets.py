@@ -14,6 +14,7 @@ MAX_MODEL_LEN = 512
 # their decode crosses into a third block none is free and vLLM must preempt
 # (a single long prompt only waits: no preemption).
 SMALL_KV_BLOCKS = 6
+CPU_BLOCK_TOKENS = 128  # vLLM's default KV block size on CPU
 
 
 @dataclasses.dataclass(frozen=True)
