@@ -171,6 +171,11 @@ def serve(
     base = dict(os.environ if env is None else env)
     ledger_dir = workdir / "ledger" if ledger else None
     if ledger_dir is not None:
+        # One ledger directory holds one deployment's processes: the ledgers
+        # of an earlier run in the same workdir would read as a second
+        # process per rank ("recorded by two processes").
+        for stale in ledger_dir.glob("*.jsonl"):
+            stale.unlink()
         base["VLLM_EPDP_LEDGER"] = str(ledger_dir)
     base = runners.runner_env(deployment.runner, base)
     if deployment.topology == "mp":
