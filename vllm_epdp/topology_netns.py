@@ -36,7 +36,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from vllm_epdp import netns, procs, serving
+from vllm_epdp import cpu_host, netns, procs, serving
 from vllm_epdp.errors import EpdpError
 
 API_PORT = 8000
@@ -55,9 +55,7 @@ def node_env(env: dict[str, str], node: netns.Node, cores: str) -> dict[str, str
 def node_cores() -> list[str]:
     """One core list per node: the cores we may use, split in two (every
     node gets all of them on a one-core machine)."""
-    from vllm_epdp.verify.runner import cpu_bind
-
-    return cpu_bind(NODES).split("|")
+    return cpu_host.cpu_bind(NODES).split("|")
 
 
 def node_argv(deployment, net: netns.Network, rank: int) -> list[str]:

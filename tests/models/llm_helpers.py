@@ -4,10 +4,10 @@ transformers (the reference) and with real vLLM in its own process group."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
+from vllm_epdp.cpu_host import cpu_env
 from vllm_epdp.procs import ProcSpec, run_group
 
 HERE = Path(__file__).resolve().parent
@@ -42,15 +42,6 @@ def hf_greedy(model_dir: Path, prompts=PROMPTS, max_tokens=MAX_TOKENS) -> list[l
     return outs
 
 
-def cpu_bind(n_ranks: int) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND: our CPUs split into one list per rank."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < n_ranks:
-        return "|".join(str(cpus[i % len(cpus)]) for i in range(n_ranks))
-    per = len(cpus) // n_ranks
-    return "|".join(",".join(map(str, cpus[i * per : (i + 1) * per])) for i in range(n_ranks))
-
-
 def vllm_generate(
     model_dir: Path,
     dtype: str,
@@ -65,13 +56,7 @@ def vllm_generate(
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(PROMPTS))
     out = tmp_path / "out.json"
-    env = dict(env)
-    env.update(
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-        VLLM_CPU_OMP_THREADS_BIND=cpu_bind(n_ranks),
-        HF_HUB_OFFLINE="1",
-    )
+    env = dict(cpu_env(env, n_ranks), HF_HUB_OFFLINE="1")
     argv = [
         sys.executable,
         str(HERE / "generate_worker.py"),

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from vllm_epdp import ports, procs, runners
+from vllm_epdp.cpu_host import cpu_env
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.rank import PROGRESS
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
@@ -56,26 +57,10 @@ class RunResult:
         return any(self.outputs.values())
 
 
-def cpu_bind(n_ranks: int) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND for ``n_ranks`` local ranks: the CPUs we may
-    use, split into that many lists ('0|1' for 2 ranks on 2 cores)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if n_ranks <= 1:
-        return ",".join(map(str, cpus))
-    if len(cpus) < n_ranks:
-        return "|".join(str(cpus[i % len(cpus)]) for i in range(n_ranks))
-    per = len(cpus) // n_ranks
-    return "|".join(",".join(map(str, cpus[i * per : (i + 1) * per])) for i in range(n_ranks))
-
-
 def base_env(config: Config, model: Model, settings: Settings, workdir: Path) -> dict[str, str]:
     env = dict(os.environ)
     if settings.device == "cpu":
-        # The user's own values win (setdefault): these are what works on a
-        # small CPU box, not requirements.
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        env["VLLM_CPU_OMP_THREADS_BIND"] = env.get("VLLM_EPDP_CPU_BIND") or cpu_bind(config.dp * config.tp)
+        env = cpu_env(env, config.dp * config.tp)
     if model.offline:
         env["HF_HUB_OFFLINE"] = "1"
     if config.reference and config.tp == 1 and config.launcher == "mp" and settings.device == "cpu":

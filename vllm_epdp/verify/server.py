@@ -14,13 +14,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import signal
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vllm_epdp import ports, procs
+from vllm_epdp import ports, procs, serving
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
@@ -62,33 +61,10 @@ def to_result(choice: dict) -> dict:
 def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
     workdir.mkdir(parents=True, exist_ok=True)
     port = ports.free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.cli.main",
-        "serve",
-        model.path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-parallel-size",
-        str(config.dp),
-        "--tensor-parallel-size",
-        str(config.tp),
-        "--enable-expert-parallel",
-        "--enforce-eager",
-        "--dtype",
-        model.dtype,
-        "--max-model-len",
-        str(MAX_MODEL_LEN),
-        "--max-logprobs",
-        str(LOGPROBS),
-        "--api-server-count",
-        "1",
-        "--seed",
-        "0",
-    ]
+    deployment = serving.Deployment(
+        model.path, dtype=model.dtype, dp=config.dp, tp=config.tp, max_model_len=MAX_MODEL_LEN, max_logprobs=LOGPROBS
+    )
+    argv = deployment.one_host_argv(port)
     env = base_env(config, model, settings, workdir)
     log = workdir / "server.log"
     spec = procs.ProcSpec("server", argv, env, log)
