@@ -61,6 +61,18 @@ def runner_of(runner_class: type) -> str | None:
     return None
 
 
+def runner_in_logs(logs) -> str | None:
+    """The model runner that vLLM's logs (paths) show: "V2" once a worker
+    logged building one, "V1" if an engine started and none did (V1 logs no
+    line of its own), None if no engine got that far."""
+    texts = [Path(p).read_text(errors="replace") for p in logs if Path(p).is_file()]
+    if any(V2_LOG_LINE in text for text in texts):
+        return "V2"
+    if any("Initializing a V1 LLM engine" in text for text in texts):  # the engine, not the runner
+        return "V1"
+    return None
+
+
 @dataclass(frozen=True)
 class Choice:
     runner: str  # "V1" or "V2"

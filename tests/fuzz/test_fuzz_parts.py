@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from vllm_epdp.fuzz import client
-from vllm_epdp.fuzz.schedule import Request, Schedule
+from vllm_epdp.fuzz import client, offline
+from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Request, Schedule
 from vllm_epdp.fuzz.strategies import Limits, schedules
 from vllm_epdp.fuzz.verdict import judge
 
@@ -49,6 +49,55 @@ def test_small_kv_schedules_open_with_a_burst_that_must_preempt(schedule):
     burst = [r for r in schedule.requests if r.at_s <= 0.2 and grows_into_a_third_block(r)]
     assert len(burst) >= 6
     assert len(schedule.requests) > len(burst)  # drawn traffic follows the burst
+
+
+OFFLINE = Limits(vocab_size=50, max_model_len=64, max_requests=6, max_new_tokens=8, offline_dp=2)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schedules(OFFLINE))
+def test_offline_schedules_place_every_request_on_a_dp_rank(schedule):
+    """Offline DP has no router: each request names the DP rank that submits
+    it, and nothing streams or aborts (LLM.generate does neither)."""
+    assert all(r.rank in (0, 1) and not r.stream and not r.aborts for r in schedule.requests)
+    plan = offline.waves(schedule, 2)
+    placed = sorted(q["id"] for wave in plan for rank in wave for q in rank)
+    assert placed == list(range(len(schedule.requests)))  # every request once
+    assert all(len(wave) == 2 for wave in plan)
+
+
+def test_offline_waves_end_at_long_gaps_and_leave_ranks_idle():
+    gap = WAVE_GAP_S + 0.5  # what the strategies put between waves
+    schedule = Schedule(
+        (
+            Request(0.0, (1,), 2, rank=0),
+            Request(0.3, (2,), 2, rank=0),  # a short gap: the same wave
+            Request(0.3 + gap, (3,), 2, rank=1),  # a long gap: a new wave, rank 0 idle in it
+            Request(0.4 + gap, (4,), 2),  # no rank drawn (a saved serving schedule): by its index
+        )
+    )
+    plan = offline.waves(schedule, 2)
+    ids = [[[q["id"] for q in rank] for rank in wave] for wave in plan]
+    assert ids == [[[0, 1], []], [[], [2, 3]]]
+    assert plan[1][1][0] == {"id": 2, "prompt": [3], "max_tokens": 2, "n": 1}
+
+
+def test_saved_schedules_without_ranks_still_load():
+    data = SCHEDULE.to_json()
+    for r in data["requests"]:
+        del r["rank"]  # a schedule saved before offline targets existed
+    assert Schedule.from_json(data) == SCHEDULE
+    assert SCHEDULE.digest() == Schedule.from_json(data).digest() != Schedule(SCHEDULE.requests[:1]).digest()
+
+
+def test_offline_answers_keep_nonfinite_logprobs_visible():
+    """The ranks write NaN/inf as strings (JSON has none); they must come back
+    as floats the verdict counts."""
+    answer = offline.answer_of({"choices": [[4, 5]], "logprobs": [[-0.5, "nan"]]})
+    assert answer.status == "ok" and answer.choices == [[4, 5]]
+    outcome = judge(Schedule((Request(0.0, (1,), 2),)), [answer], {}, [])
+    assert outcome.nonfinite == 1
+    assert offline.answer_of(None).status == "error"
 
 
 def greedy(prompt, max_tokens, shift=0):

@@ -51,16 +51,24 @@ class Report(Counts):
     runner: str
     seed: int
     schedules: int = 0
+    distinct: int = 0  # schedules not run before in this report (Hypothesis may run one again while it shrinks)
     restarts: int = 0
+    runner_seen: str | None = None  # what the target's logs show ran ("V1", "V2"), not what was asked
     failures: list[dict] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._seen: set[str] = set()  # digests run so far (not a field: not in the JSON)
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
-    def add(self, outcome: Counts) -> None:
+    def add(self, outcome: Counts, digest: str) -> None:
         self.schedules += 1
+        if digest not in self._seen:
+            self._seen.add(digest)
+            self.distinct += 1
         super().add(outcome)
 
 
@@ -75,7 +83,7 @@ def _say(msg: str) -> None:
 V2_CPU_MAX_N = 1
 
 
-def _model_limits(model_dir: Path, runner: str, small_kv: bool):
+def _model_limits(model_dir: Path, runner: str, chosen):
     from vllm_epdp.fuzz.strategies import Limits
     from vllm_epdp.fuzz.targets import CPU_BLOCK_TOKENS, MAX_MODEL_LEN
 
@@ -85,7 +93,8 @@ def _model_limits(model_dir: Path, runner: str, small_kv: bool):
         vocab_size=int(config["vocab_size"]),
         max_model_len=MAX_MODEL_LEN,
         max_n=max_n,
-        kv_block_tokens=CPU_BLOCK_TOKENS if small_kv else None,
+        kv_block_tokens=CPU_BLOCK_TOKENS if chosen.small_kv else None,
+        offline_dp=chosen.dp if chosen.offline else None,
     )
 
 
@@ -110,6 +119,7 @@ def fuzz(
 
     from vllm_epdp import tiny_models
     from vllm_epdp.cache import cache_root
+    from vllm_epdp.fuzz.offline import OfflineSession
     from vllm_epdp.fuzz.schedule import Schedule
     from vllm_epdp.fuzz.session import Session
     from vllm_epdp.fuzz.strategies import schedules
@@ -119,7 +129,7 @@ def fuzz(
     chosen = target(target_name)
     cache = cache_root()
     model = tiny_models.build("qwen3-moe", cache / "models" / "qwen3-moe")
-    limits = _model_limits(Path(model), runner, chosen.small_kv)
+    limits = _model_limits(Path(model), runner, chosen)
     report = Report(target_name, runner, seed)
     env = dict(os.environ if env is None else env)
     failing: list[tuple[Schedule, list[str]]] = []
@@ -128,12 +138,14 @@ def fuzz(
             f"{replay} asks n > {limits.max_n}, which {runner} cannot run on CPU: replay it with --runner v1"
         )
 
-    with Session(chosen, str(model), runner, workdir, env, say) as session:
+    session_class = OfflineSession if chosen.offline else Session
+    with session_class(chosen, str(model), runner, workdir, env, say) as session:
 
         def check(schedule: Schedule) -> None:
             outcome = session.run(schedule)
-            report.add(outcome)
-            say(f"[fuzz] schedule {report.schedules}: {schedule.describe()}: {'ok' if outcome.ok else 'FAIL'}")
+            report.add(outcome, schedule.digest())
+            verdict = "ok" if outcome.ok else "FAIL"
+            say(f"[fuzz] schedule {report.schedules} ({schedule.digest()}): {schedule.describe()}: {verdict}")
             if not outcome.ok:
                 failing.append((schedule, outcome.problems))
                 raise AssertionError("\n".join(outcome.problems))
@@ -162,6 +174,7 @@ def fuzz(
                 else:
                     failing.append((None, [problem]))
         report.restarts = session.restarts
+        report.runner_seen = session.runner_seen()
 
     if failing:
         schedule, problems = failing[-1]
@@ -199,10 +212,12 @@ def run(args) -> int:
 
 def format_report(report: Report) -> str:
     lines = [
-        f"{report.target} ({report.runner}), seed {report.seed}: {report.schedules} schedule(s), "
+        f"{report.target} ({report.runner}), seed {report.seed}: {report.schedules} schedule(s) "
+        f"({report.distinct} distinct), "
         f"{report.requests} requests, {report.aborts} aborted, {report.preemptions} preemption(s), "
         f"{report.divergences} divergence(s), {report.hangs} hang(s), {report.nonfinite} non-finite, "
-        f"{report.errors} error(s), {report.restarts} restart(s), {report.wall_s:.0f} s",
+        f"{report.errors} error(s), {report.restarts} restart(s), {report.wall_s:.0f} s, "
+        f"runner seen: {report.runner_seen or 'none'}",
     ]
     for f in report.failures:
         lines.append("FAILED: " + "\n  ".join(f["problems"][:20]))

@@ -5,15 +5,21 @@ from its start (bursts, and gaps long enough for the DP waves to end), each
 with its prompt as token ids (exact lengths, 1 token up to near
 max_model_len), its max_tokens (1 included), n, streaming or not, and for a
 streaming request optionally the number of tokens after which the client
-hangs up (an abort mid-stream). The JSON form is what a failing seed is saved
+hangs up (an abort mid-stream); on offline targets, the DP rank that submits
+it. The JSON form is what a failing seed is saved
 as and what ``vllm-epdp fuzz --replay FILE`` runs again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
+
+# A gap this long between two requests lets every DP rank's wave end (the
+# next request starts a new one); the offline targets cut their waves there.
+WAVE_GAP_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +30,9 @@ class Request:
     n: int = 1
     stream: bool = False
     abort_after: int | None = None  # streaming only: hang up after this many tokens
+    # Offline targets: the DP rank whose script submits it (offline DP has no
+    # router). None on serving targets, where vLLM's own router places it.
+    rank: int | None = None
 
     @property
     def aborts(self) -> bool:
@@ -47,6 +56,11 @@ class Schedule:
             f"{n} request(s) over {span:.1f} s, {aborts} abort(s), prompt lengths {lengths[:1] + lengths[-1:]}, "
             f"max_tokens {sorted({r.max_tokens for r in self.requests})}"
         )
+
+    def digest(self) -> str:
+        """Names this exact schedule (two schedules that describe() alike may
+        still differ in their prompts' tokens)."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
 
     def to_json(self) -> dict:
         return {"requests": [dataclasses.asdict(r) for r in self.requests]}

@@ -16,7 +16,7 @@ import random
 
 from hypothesis import strategies as st
 
-from vllm_epdp.fuzz.schedule import Request, Schedule
+from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Request, Schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,12 +25,15 @@ class Limits:
     max_model_len: int
     max_requests: int = 12
     max_bursts: int = 4
-    wave_gap_s: float = 2.0  # a gap this long lets every DP rank's wave end
+    wave_gap_s: float = WAVE_GAP_S
     max_new_tokens: int = 48
     max_n: int = 2  # 1 where n > 1 cannot run (V2 under Triton's interpreter)
     # Small-KV targets: every schedule opens with a burst that must preempt
     # (see pressure_burst); None elsewhere.
     kv_block_tokens: int | None = None
+    # Offline targets: their DP size. Each request is drawn a DP rank to
+    # submit it, and none streams or aborts (LLM.generate does neither).
+    offline_dp: int | None = None
 
 
 @st.composite
@@ -42,7 +45,7 @@ def requests_of_burst(draw, limits: Limits, start_s: float) -> list[Request]:
         room = limits.max_model_len - max_tokens
         length = draw(st.integers(1, 16) | st.integers(1, room) | st.just(room))
         prompt = tuple(draw(st.lists(st.integers(0, limits.vocab_size - 1), min_size=length, max_size=length)))
-        stream = draw(st.booleans())
+        stream = draw(st.booleans()) if not limits.offline_dp else False
         abort_after = draw(st.none() | st.integers(0, max_tokens - 1)) if stream and max_tokens > 1 else None
         out.append(
             Request(
@@ -52,6 +55,7 @@ def requests_of_burst(draw, limits: Limits, start_s: float) -> list[Request]:
                 n=draw(st.sampled_from([1, 1, 1, limits.max_n])),
                 stream=stream,
                 abort_after=abort_after,
+                rank=draw(st.integers(0, limits.offline_dp - 1)) if limits.offline_dp else None,
             )
         )
     return out

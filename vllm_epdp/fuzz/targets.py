@@ -23,8 +23,12 @@ class Target:
     summary: str
     dp: int
     tp: int
-    topology: str
+    topology: str  # serving: "mp", "multinode"; offline: "offline" (VLLM_DP_* per rank), "torchrun"
     small_kv: bool = False
+
+    @property
+    def offline(self) -> bool:
+        return self.topology in ("offline", "torchrun")
 
     def deployment(self, model: str, runner: str) -> Deployment:
         return Deployment(
@@ -49,6 +53,8 @@ TARGETS = {
         Target("serve-dp2-ep-small-kv", "the same with a KV cache small enough to preempt", 2, 1, "mp", True),
         Target("serve-tp2-dp2-ep", "TP=2 x DP=2 with EP over 4 ranks, the reporters' layout", 2, 2, "mp"),
         Target("serve-multinode-dp2-ep", "two nodes (network namespaces), DP rank 1 headless", 2, 1, "multinode"),
+        Target("offline-dp2-ep", "offline DP=2 + EP, one LLM per DP rank (VLLM_DP_* environment)", 2, 1, "offline"),
+        Target("offline-torchrun-dp2-ep", "offline DP=2 + EP under torchrun (external launcher)", 2, 1, "torchrun"),
     )
 }
 

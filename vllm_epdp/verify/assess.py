@@ -115,9 +115,4 @@ def ran_runner(workdir: Path, watch: dict | None) -> str | None:
 
     if watch and watch.get("runners"):
         return "+".join(sorted(watch["runners"]))
-    logs = [p.read_text(errors="replace") for p in Path(workdir).glob("*.log")]
-    if any(runners.V2_LOG_LINE in text for text in logs):
-        return "V2"
-    if any("Initializing a V1 LLM engine" in text for text in logs):  # the engine, not the runner
-        return "V1"
-    return None
+    return runners.runner_in_logs(Path(workdir).glob("*.log"))

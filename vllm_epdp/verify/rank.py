@@ -15,6 +15,7 @@ progress display. The engine starts once; every scenario runs in it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -53,10 +54,22 @@ def _num(x: float):
     return x if math.isfinite(x) else repr(float(x))
 
 
-def main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    t0 = time.monotonic()
-    from vllm import LLM, SamplingParams
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where this process sits among the ranks that run one engine's scenarios."""
+
+    dp_rank: int
+    me: int  # this process's number among the ``members`` that meet at barriers
+    members: int
+    writer: bool  # writes its DP rank's results (with TP > 1 under torchrun, one process per DP rank does)
+
+
+def start_engine(spec: dict):
+    """The engine of ``spec`` (model, dtype, tp, dp, dp_rank, ep, launcher,
+    max_model_len) and this process's Place. Under torchrun vLLM takes the DP
+    rank from the launcher (external_launcher); otherwise from the VLLM_DP_*
+    environment the parent set."""
+    from vllm import LLM
 
     kwargs = dict(
         model=spec["model"],
@@ -67,17 +80,40 @@ def main(spec_path: str) -> int:
         max_model_len=spec["max_model_len"],
         seed=0,
     )
-    torchrun = spec["launcher"] == "torchrun"
-    if torchrun:
+    if spec["launcher"] == "torchrun":
         kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=spec["dp"])
-    llm = LLM(**kwargs)
+        llm = LLM(**kwargs)
+        rank = int(os.environ["RANK"])
+        dp_rank = llm.llm_engine.vllm_config.parallel_config.data_parallel_rank
+        return llm, Place(dp_rank, rank, int(os.environ["WORLD_SIZE"]), rank % spec["tp"] == 0)
+    return LLM(**kwargs), Place(spec["dp_rank"], spec["dp_rank"], spec["dp"], True)
 
-    if torchrun:
-        pc = llm.llm_engine.vllm_config.parallel_config
-        dp_rank, me, members = pc.data_parallel_rank, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        writer = int(os.environ["RANK"]) % spec["tp"] == 0  # one result file per DP rank
-    else:
-        dp_rank, me, members, writer = spec["dp_rank"], spec["dp_rank"], spec["dp"], True
+
+def generate_wave(llm, prompts: list, params: list) -> list:
+    """One DP wave of this rank: its prompts' outputs, in order.
+
+    vLLM's offline DP pattern has no coordinator: an engine whose front-end
+    submits nothing never joins the other ranks' step loop, and a rank that
+    submits after the others went idle starts a wave alone; either hangs. So
+    the callers start each wave on every DP rank together (a barrier), and a
+    rank with nothing to do submits a 1-token placeholder (as vLLM's
+    examples/offline_inference/data_parallel.py does), then idles (dummy
+    steps) while its peers work; the placeholder's output is dropped."""
+    from vllm import SamplingParams
+
+    if not prompts:
+        llm.generate(["placeholder"], [SamplingParams(temperature=0.0, max_tokens=1)], use_tqdm=False)
+        return []
+    return llm.generate(prompts, params, use_tqdm=False)
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    t0 = time.monotonic()
+    from vllm import SamplingParams
+
+    llm, place = start_engine(spec)
+    dp_rank, me, members, writer = place.dp_rank, place.me, place.members, place.writer
     progress(event="engine_up", seconds=round(time.monotonic() - t0, 1), dp_rank=dp_rank)
 
     barrier_dir = Path(spec["barrier_dir"])
@@ -91,24 +127,15 @@ def main(spec_path: str) -> int:
         mine = scenario["waves"][dp_rank] if dp_rank < len(scenario["waves"]) else []
         n_waves = max(len(w) for w in scenario["waves"])
         for index in range(n_waves):
-            # vLLM's offline DP pattern has no coordinator: an engine whose
-            # front-end submits nothing never joins the other ranks' step
-            # loop, and a rank that submits after the others went idle starts
-            # a wave alone; either hangs. So DP ranks start each wave together,
-            # and a rank with nothing to do submits a 1-token placeholder (as
-            # vLLM's examples/offline_inference/data_parallel.py does); it then
-            # idles (dummy steps) while its peers work.
             barrier(barrier_dir, f"{name}-wave{index}", me, members)
             wave = mine[index] if index < len(mine) else []
-            todo = wave or [{"id": None, "prompt": "placeholder", "max_tokens": 1}]
             params = [
                 SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], logprobs=spec["logprobs"], ignore_eos=True)
-                for r in todo
+                for r in wave
             ]
-            outputs = llm.generate([r["prompt"] for r in todo], params, use_tqdm=False)
-            for request, output in zip(todo, outputs):
-                if request["id"] is not None:
-                    done[request["id"]] = result_of(output)
+            outputs = generate_wave(llm, [r["prompt"] for r in wave], params)
+            for request, output in zip(wave, outputs):
+                done[request["id"]] = result_of(output)
         results[name] = done
         timings[name] = round(time.monotonic() - started, 2)
         progress(event="scenario_done", scenario=name, seconds=timings[name], dp_rank=dp_rank)

@@ -129,42 +129,61 @@ def rank_spec(config: Config, model: Model, scenarios: list[str], workdir: Path,
     }
 
 
-def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = base_env(config, model, settings, workdir)
-    specs: list[procs.ProcSpec] = []
-    module = [sys.executable, "-m", "vllm_epdp.verify.rank"]
-    if config.launcher == "torchrun":
-        spec_path = workdir / "spec.json"
-        spec_path.write_text(json.dumps(rank_spec(config, model, scenarios, workdir, 0)))
+def write_spec(workdir: Path, dp_rank: int | None, spec: dict) -> Path:
+    path = workdir / ("spec.json" if dp_rank is None else f"spec-rank{dp_rank}.json")
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def rank_processes(
+    dp: int, tp: int, launcher: str, env: dict[str, str], module: str, spec_for, workdir: Path
+) -> list[procs.ProcSpec]:
+    """The processes of one offline engine: ``python -m MODULE SPEC`` per DP
+    rank with vLLM's DP environment (launcher "mp"), or one torchrun of
+    DP x TP processes running MODULE (launcher "torchrun": external launcher).
+    ``spec_for(dp_rank)`` writes a rank's spec and returns its path; under
+    torchrun it is asked once, with None (every process reads the same spec)."""
+    if launcher == "torchrun":
         argv = [
             sys.executable,
             "-m",
             "torch.distributed.run",
-            f"--nproc-per-node={config.dp * config.tp}",
+            f"--nproc-per-node={dp * tp}",
             f"--master-port={ports.free_port()}",
             "-m",
-            "vllm_epdp.verify.rank",
-            str(spec_path),
+            module,
+            str(spec_for(None)),
         ]
-        specs.append(procs.ProcSpec("torchrun", argv, env, workdir / "torchrun.log"))
-    else:
-        port = ports.free_port()
-        for rank in range(config.dp):
-            spec_path = workdir / f"spec-rank{rank}.json"
-            spec_path.write_text(json.dumps(rank_spec(config, model, scenarios, workdir, rank)))
-            rank_env = dict(env)
-            if config.dp > 1:
-                rank_env.update(
-                    VLLM_DP_RANK=str(rank),
-                    VLLM_DP_RANK_LOCAL=str(rank),
-                    VLLM_DP_SIZE=str(config.dp),
-                    VLLM_DP_MASTER_IP="127.0.0.1",
-                    VLLM_DP_MASTER_PORT=str(port),
-                )
-            specs.append(
-                procs.ProcSpec(f"rank{rank}", module + [str(spec_path)], rank_env, workdir / f"rank{rank}.log")
+        return [procs.ProcSpec("torchrun", argv, env, workdir / "torchrun.log")]
+    port = ports.free_port()
+    specs = []
+    for rank in range(dp):
+        rank_env = dict(env)
+        if dp > 1:
+            rank_env.update(
+                VLLM_DP_RANK=str(rank),
+                VLLM_DP_RANK_LOCAL=str(rank),
+                VLLM_DP_SIZE=str(dp),
+                VLLM_DP_MASTER_IP="127.0.0.1",
+                VLLM_DP_MASTER_PORT=str(port),
             )
+        argv = [sys.executable, "-m", module, str(spec_for(rank))]
+        specs.append(procs.ProcSpec(f"rank{rank}", argv, rank_env, workdir / f"rank{rank}.log"))
+    return specs
+
+
+def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = base_env(config, model, settings, workdir)
+    specs = rank_processes(
+        config.dp,
+        config.tp,
+        config.launcher,
+        env,
+        "vllm_epdp.verify.rank",
+        lambda rank: write_spec(workdir, rank, rank_spec(config, model, scenarios, workdir, rank)),
+        workdir,
+    )
     settings.say(
         f"[verify] {config.key}: starting {len(specs) if config.launcher != 'torchrun' else config.dp * config.tp}"
         f" process(es), {config.describe()}, {model.key} {model.dtype}; scenarios: {', '.join(scenarios)}"

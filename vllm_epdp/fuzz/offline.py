@@ -1,0 +1,202 @@
+"""The offline fuzz targets: vLLM's offline DP (one process per DP rank with
+VLLM_DP_* set, or torchrun with the external launcher), its engines kept up
+across schedules and fed each schedule as waves (vllm_epdp.fuzz.offline_rank).
+
+How a schedule reads offline: every request goes to the DP rank it was drawn
+(Request.rank), and a gap of ``wave_gap_s`` or more between two requests ends
+the wave (what it does to a server's DP wave), so a later request starts the
+next one. A rank none of a wave's requests went to is idle for the whole wave.
+Arrival times inside a wave, streaming and aborts have no offline meaning.
+
+The verdict is the serving targets' (vllm_epdp.fuzz.verdict): the same DP=1
+server answers the same prompts, the collective ledger must agree; a schedule
+with no answer within SCHEDULE_TIMEOUT_S is a hang (every process's stack goes
+with the report) and the ranks start again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from vllm_epdp import procs, runners
+from vllm_epdp.cpu_host import cpu_env
+from vllm_epdp.errors import EpdpError
+from vllm_epdp.fuzz.client import Answer
+from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Schedule
+from vllm_epdp.fuzz.session import ledger_problems, start_reference
+from vllm_epdp.fuzz.targets import MAX_MODEL_LEN, Target
+from vllm_epdp.fuzz.verdict import Outcome, judge
+from vllm_epdp.verify.rank import PROGRESS
+from vllm_epdp.verify.runner import rank_processes, write_spec
+
+SCHEDULE_TIMEOUT_S = 300.0
+START_LIMIT_S = 600.0
+POLL_S = 0.1
+
+
+def waves(schedule: Schedule, dp: int, wave_gap_s: float = WAVE_GAP_S) -> list[list[list[dict]]]:
+    """``schedule`` as offline waves: waves[w][dp_rank] = that rank's requests
+    (id = the request's index in the schedule)."""
+    out: list[list[list[dict]]] = []
+    last_at = None
+    for i, req in sorted(enumerate(schedule.requests), key=lambda item: item[1].at_s):
+        if last_at is None or req.at_s - last_at >= wave_gap_s:
+            out.append([[] for _ in range(dp)])
+        last_at = req.at_s
+        rank = (req.rank if req.rank is not None else i) % dp
+        out[-1][rank].append({"id": i, "prompt": list(req.prompt), "max_tokens": req.max_tokens, "n": req.n})
+    return out
+
+
+def answer_of(raw: dict | None) -> Answer:
+    if raw is None:
+        return Answer("error", error="no DP rank answered it")
+    logprobs = [[float(x) for x in choice] for choice in raw["logprobs"]]  # "nan"/"inf" come back as floats
+    return Answer("ok", raw["choices"], logprobs)
+
+
+class OfflineSession:
+    """A fuzz session (same interface as vllm_epdp.fuzz.session.Session) on an
+    offline target."""
+
+    def __init__(self, target: Target, model: str, runner: str, workdir: Path, env: dict[str, str], say=print):
+        self.target, self.model, self.runner = target, model, runner
+        self.workdir, self.env, self.say = workdir, env, say
+        self.stack = contextlib.ExitStack()
+        self.restarts = 0
+        self.group: procs.ProcGroup | None = None
+        self.job = 0
+
+    def __enter__(self) -> OfflineSession:
+        try:
+            self.reference = start_reference(
+                self.target, self.model, self.runner, self.workdir, self.env, self.stack, self.say
+            )
+            self.stack.callback(self._stop_ranks)
+            self._start_ranks()
+        except BaseException:
+            self.stack.close()  # no reference server left up by a target that could not start
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+
+    @property
+    def rank_dir(self) -> Path:
+        return self.workdir / f"target-{self.restarts}"
+
+    def _start_ranks(self) -> None:
+        t = self.target
+        self.say(f"[fuzz] starting {t.name}: DP={t.dp}+TP={t.tp}+EP {t.topology} runner={self.runner}")
+        d = self.rank_dir
+        self.job = 0
+        env = runners.runner_env(self.runner, cpu_env(self.env, t.dp * t.tp))
+        env.update(HF_HUB_OFFLINE="1", VLLM_EPDP_LEDGER=str(d / "ledger"))
+        spec = {
+            "model": self.model,
+            "dtype": "float32",
+            "tp": t.tp,
+            "dp": t.dp,
+            "ep": True,
+            "launcher": "torchrun" if t.topology == "torchrun" else "mp",
+            "max_model_len": MAX_MODEL_LEN,
+            "inbox": str(d / "inbox"),
+            "outbox": str(d / "outbox"),
+            "barrier_dir": str(d / "barrier"),
+        }
+        for sub in ("inbox", "outbox", "barrier", "ledger"):
+            # An earlier session in the same workdir left jobs, answers and
+            # ledgers here; the new ranks would read them as their own.
+            shutil.rmtree(d / sub, ignore_errors=True)
+            (d / sub).mkdir(parents=True)
+        specs = rank_processes(
+            t.dp,
+            t.tp,
+            spec["launcher"],
+            env,
+            "vllm_epdp.fuzz.offline_rank",
+            lambda rank: write_spec(d, rank, dict(spec, dp_rank=rank)),
+            d,
+        )
+        self.logs = [s.log for s in specs]
+        # The ranks live as long as the session; the deadline is only a backstop.
+        self.group = procs.ProcGroup(t.name, specs, timeout_s=6 * 3600.0).start()
+        # Every torchrun process reports its engine; offline "mp" one per DP rank.
+        engines = t.dp * t.tp if spec["launcher"] == "torchrun" else t.dp
+        deadline = time.monotonic() + START_LIMIT_S
+        while self._engines_up() < engines:
+            if not self.alive():
+                raise EpdpError(f"{t.name}: a rank exited during start-up:\n{self._log_tail()}")
+            if time.monotonic() > deadline:
+                raise EpdpError(f"{t.name}: engines not up within {START_LIMIT_S:.0f} s:\n{self.group.dump_stacks()}")
+            time.sleep(0.5)
+
+    def _engines_up(self) -> int:
+        text = "".join(p.read_text(errors="replace") for p in self.logs if p.is_file())
+        return sum(line.startswith(PROGRESS) and '"engine_up"' in line for line in text.splitlines())
+
+    def _log_tail(self) -> str:
+        from vllm_epdp.log_forensics import log_tail
+
+        return "\n".join(f"--- {p}\n{log_tail(p, 40)}" for p in self.logs)
+
+    def alive(self) -> bool:
+        return all(rc is None for rc in self.group.exited().values())
+
+    def _stop_ranks(self) -> None:
+        if self.group is None:
+            return
+        (self.rank_dir / "inbox" / "stop").touch()
+        deadline = time.monotonic() + 30.0
+        while not all(rc is not None for rc in self.group.exited().values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.group.close()
+        self.group = None
+
+    def retire_target(self) -> None:
+        """Stop ranks that hung or died now; the next schedule starts new ones."""
+        self._stop_ranks()
+
+    def runner_seen(self) -> str | None:
+        return runners.runner_in_logs(self.logs)
+
+    def run(self, schedule: Schedule) -> Outcome:
+        if self.group is None or not self.alive():
+            self._stop_ranks()
+            self.restarts += 1
+            self._start_ranks()
+        plan = waves(schedule, self.target.dp)
+        d, k = self.rank_dir, self.job
+        self.job += 1
+        tmp = d / "inbox" / f"{k}.tmp"
+        tmp.write_text(json.dumps({"waves": plan}))
+        tmp.rename(d / "inbox" / f"{k}.json")
+        outs = [d / "outbox" / f"{k}.rank{r}.json" for r in range(self.target.dp)]
+        deadline = time.monotonic() + SCHEDULE_TIMEOUT_S
+        while not all(p.exists() for p in outs) and self.alive() and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        raw: dict[str, dict] = {}
+        for p in outs:
+            if p.exists():
+                raw.update(json.loads(p.read_text()))
+        if all(p.exists() for p in outs):
+            answers = [answer_of(raw.get(str(i))) for i in range(len(schedule.requests))]
+            return judge(schedule, answers, self.reference.answers_for(schedule), ledger_problems(d / "ledger"))
+        dead = not self.alive()
+        why = "a rank exited" if dead else f"no answer within {SCHEDULE_TIMEOUT_S:.0f} s"
+        answers = [
+            answer_of(raw[str(i)]) if str(i) in raw else Answer("error" if dead else "timeout", error=why)
+            for i in range(len(schedule.requests))
+        ]
+        outcome = judge(schedule, answers, self.reference.answers_for(schedule), [])
+        if dead:
+            outcome.problems.append("logs of the ranks:\n" + self._log_tail())
+        else:
+            outcome.problems.append("stacks of every rank:\n" + self.group.dump_stacks())
+        self.retire_target()  # a hung or broken DP group runs nothing more
+        return outcome

@@ -1,0 +1,96 @@
+"""One process of an offline fuzz target: a DP rank's engine that stays up and
+runs schedule after schedule, as a user's offline DP script would run batch
+after batch.
+
+    python -m vllm_epdp.fuzz.offline_rank SPEC.json
+
+SPEC (written by vllm_epdp.fuzz.offline): what vllm_epdp.verify.rank's
+start_engine takes, plus ``inbox`` (the parent writes job ``<k>.json`` there,
+k = 0, 1, ..., or ``stop``), ``outbox`` (this rank's answers to job k go to
+``<k>.rank<dp_rank>.json``) and ``barrier_dir``. A job is a list of waves,
+each a list per DP rank of requests (id, prompt token ids, max_tokens, n).
+Every wave starts on all ranks together and an idle rank submits the
+placeholder (verify.rank.generate_wave: vLLM's offline DP contract).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from vllm_epdp.verify.rank import barrier, generate_wave, progress, start_engine
+
+POLL_S = 0.05
+
+
+def sampling(request: dict):
+    from vllm import SamplingParams
+
+    common = dict(max_tokens=request["max_tokens"], n=request["n"], logprobs=1, ignore_eos=True)
+    if request["n"] > 1:
+        # vLLM refuses n > 1 with greedy sampling; sampling from the single
+        # most likely token picks what greedy picks (as the serving client does).
+        return SamplingParams(temperature=1.0, top_k=1, **common)
+    return SamplingParams(temperature=0.0, **common)
+
+
+def answer_of(output) -> dict:
+    """Token ids and the chosen tokens' logprobs per choice (non-finite ones as
+    strings: JSON has no NaN)."""
+    choices, logprobs = [], []
+    for completion in output.outputs:
+        tokens = list(completion.token_ids)
+        choices.append(tokens)
+        chosen = [pos[tok].logprob for tok, pos in zip(tokens, completion.logprobs or [])]
+        logprobs.append([x if math.isfinite(x) else repr(float(x)) for x in chosen])
+    return {"choices": choices, "logprobs": logprobs}
+
+
+def next_job(inbox: Path, k: int) -> list | None:
+    """Job k's waves, or None once the parent wrote ``stop``."""
+    job = inbox / f"{k}.json"
+    while not job.exists():
+        if (inbox / "stop").exists():
+            return None
+        time.sleep(POLL_S)
+    return json.loads(job.read_text())["waves"]
+
+
+def main(spec_path: str) -> int:
+    from vllm.inputs import TokensPrompt
+
+    spec = json.loads(Path(spec_path).read_text())
+    t0 = time.monotonic()
+    llm, place = start_engine(spec)
+    progress(event="engine_up", seconds=round(time.monotonic() - t0, 1), dp_rank=place.dp_rank)
+    inbox, outbox, barriers = Path(spec["inbox"]), Path(spec["outbox"]), Path(spec["barrier_dir"])
+    for k in itertools.count():
+        waves = next_job(inbox, k)
+        if waves is None:
+            break
+        answers = {}
+        for w, wave in enumerate(waves):
+            barrier(barriers, f"job{k}-wave{w}", place.me, place.members)
+            mine = wave[place.dp_rank]
+            prompts = [TokensPrompt(prompt_token_ids=r["prompt"]) for r in mine]
+            outputs = generate_wave(llm, prompts, [sampling(r) for r in mine])
+            for request, output in zip(mine, outputs):
+                answers[str(request["id"])] = answer_of(output)
+        if place.writer:
+            out = outbox / f"{k}.rank{place.dp_rank}.json"
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(answers))
+            os.replace(tmp, out)
+    # Nobody leaves before everyone is done (a DP rank that shuts down early
+    # takes its engine out of the DP group while the others still need it).
+    barrier(barriers, "exit", place.me, place.members)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
