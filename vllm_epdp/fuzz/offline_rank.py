@@ -7,7 +7,7 @@ after batch.
 SPEC (written by vllm_epdp.fuzz.offline): what vllm_epdp.verify.rank's
 start_engine takes, plus ``inbox`` (the parent writes job ``<k>.json`` there,
 k = 0, 1, ..., or ``stop``), ``outbox`` (this rank's answers to job k go to
-``<k>.rank<dp_rank>.json``) and ``barrier_dir``. A job is a list of waves,
+``<k>.rank<dp_rank>.json``, or the error that killed its engine) and ``barrier_dir``. A job is a list of waves,
 each a list per DP rank of requests (id, prompt token ids, max_tokens, n).
 Every wave starts on all ranks together and an idle rank submits the
 placeholder (verify.rank.generate_wave: vLLM's offline DP contract).
@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from vllm_epdp.verify.rank import barrier, generate_wave, progress, start_engine
@@ -61,9 +62,27 @@ def next_job(inbox: Path, k: int) -> list | None:
     return json.loads(job.read_text())["waves"]
 
 
-def main(spec_path: str) -> int:
+def run_job(llm, place, waves: list, barriers: Path, k: int) -> dict[str, dict]:
     from vllm.inputs import TokensPrompt
 
+    answers = {}
+    for w, wave in enumerate(waves):
+        barrier(barriers, f"job{k}-wave{w}", place.me, place.members)
+        mine = wave[place.dp_rank]
+        prompts = [TokensPrompt(prompt_token_ids=r["prompt"]) for r in mine]
+        outputs = generate_wave(llm, prompts, [sampling(r) for r in mine])
+        for request, output in zip(mine, outputs):
+            answers[str(request["id"])] = answer_of(output)
+    return answers
+
+
+def write_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     t0 = time.monotonic()
     llm, place = start_engine(spec)
@@ -73,19 +92,19 @@ def main(spec_path: str) -> int:
         waves = next_job(inbox, k)
         if waves is None:
             break
-        answers = {}
-        for w, wave in enumerate(waves):
-            barrier(barriers, f"job{k}-wave{w}", place.me, place.members)
-            mine = wave[place.dp_rank]
-            prompts = [TokensPrompt(prompt_token_ids=r["prompt"]) for r in mine]
-            outputs = generate_wave(llm, prompts, [sampling(r) for r in mine])
-            for request, output in zip(mine, outputs):
-                answers[str(request["id"])] = answer_of(output)
+        out = outbox / f"{k}.rank{place.dp_rank}.json"
+        try:
+            answers = run_job(llm, place, waves, barriers, k)
+        except Exception as exc:  # the engine died: say why, then leave at once
+            traceback.print_exc()
+            write_atomically(out, {"error": f"{type(exc).__name__}: {exc}"})
+            sys.stdout.flush()
+            # Not sys.exit: after its engine died, vLLM's shutdown can wait
+            # for good (seen without patch 0003: the rank never exited), and
+            # the parent kills what is left of this rank anyway.
+            os._exit(1)
         if place.writer:
-            out = outbox / f"{k}.rank{place.dp_rank}.json"
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(answers))
-            os.replace(tmp, out)
+            write_atomically(out, {"answers": answers})
     # Nobody leaves before everyone is done (a DP rank that shuts down early
     # takes its engine out of the DP group while the others still need it).
     barrier(barriers, "exit", place.me, place.members)
