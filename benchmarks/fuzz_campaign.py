@@ -29,7 +29,10 @@ from vllm_epdp import fuzz
 from vllm_epdp.fuzz.targets import TARGETS
 from vllm_epdp.overlay import overlay_env
 
-COLUMNS = ("schedules", "requests", "aborts", "preemptions", "divergences", "hangs", "nonfinite", "errors", "restarts")
+COLUMNS = (
+    "schedules", "distinct", "requests", "aborts", "preemptions", "divergences", "ties", "hangs", "nonfinite", "errors",
+    "restarts",
+)  # fmt: skip
 
 
 def main() -> None:
@@ -91,8 +94,9 @@ def table(rows: list[dict], wall_s: float) -> str:
             continue
         failures = "; ".join(f.get("problems", ["?"])[0][:160] + (f" ({f['schedule']})" if "schedule" in f else "")
                              for f in r["failures"]) or "none"  # fmt: skip
-        out.append(f"| {r['target']} | {r['runner']} | {r['seed']} | " + " | ".join(str(r[c]) for c in COLUMNS)
+        out.append(f"| {r['target']} | {r['runner']} | {r['seed']} | " + " | ".join(str(r.get(c, "-")) for c in COLUMNS)
                    + f" | {failures} |")  # fmt: skip
+    # Rows from before a column existed show "-" and add nothing to its total.
     totals = {c: sum(r.get(c, 0) for r in rows) for c in COLUMNS}
     out.append("| **all** | | | " + " | ".join(str(totals[c]) for c in COLUMNS) + " | |")
     return "\n".join(out)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from vllm_epdp.fuzz import client, offline
 from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Request, Schedule
 from vllm_epdp.fuzz.strategies import Limits, schedules
-from vllm_epdp.fuzz.verdict import judge
+from vllm_epdp.fuzz.verdict import TIE_LOGPROB, judge
 
 LIMITS = Limits(vocab_size=50, max_model_len=64, max_requests=6, max_new_tokens=8)
 
@@ -123,8 +123,11 @@ class StandIn:
                 ids = greedy(req["prompt"], req["max_tokens"], shift)
 
                 def choice(i, tokens):
-                    return {"index": i, "logprobs": {"tokens": [f"token_id:{t}" for t in tokens],
-                                                     "token_logprobs": [-0.5] * len(tokens)}}  # fmt: skip
+                    lp = {"tokens": [f"token_id:{t}" for t in tokens], "token_logprobs": [-0.5] * len(tokens)}
+                    if req["logprobs"] > 1:  # the runner-up of every position, 0.25 behind
+                        lp["top_logprobs"] = [{f"token_id:{t}": -0.5, f"token_id:{(t + 1) % 50}": -0.75}
+                                              for t in tokens]  # fmt: skip
+                    return {"index": i, "logprobs": lp}
 
                 if not req["stream"]:
                     body = json.dumps({"choices": [choice(i, ids) for i in range(req["n"])]}).encode()
@@ -209,3 +212,29 @@ def test_incomplete_answer_is_a_problem():
     outcome = judge(Schedule((req, req)), [short, nan], {req.key(): greedy((1, 2), 4)}, [])
     assert "choice 0 has 2 tokens, 4 asked for" in outcome.problems[0]
     assert outcome.nonfinite == 1
+
+
+def test_client_reads_the_most_likely_tokens_when_asked(stand_in):
+    answer = client.send(stand_in.url, "m", Request(0.0, (1, 2), 3), timeout_s=10, top=2)
+    first = greedy((1, 2), 3)[0]
+    assert answer.top[0][0] == {first: -0.5, (first + 1) % 50: -0.75}
+    assert client.send(stand_in.url, "m", Request(0.0, (1, 2), 3), timeout_s=10).top == [[]]
+
+
+def test_a_different_pick_is_a_tie_only_where_dp1_nearly_tied():
+    """fp32 noise may flip a greedy pick between two tokens whose logprobs
+    agree to ~1e-6 (a preempted request's recompute does): that is a tie and
+    the answers are compared no further. Anywhere else, or for a token DP=1
+    did not nearly pick, it is a divergence."""
+    req = Request(0.0, (1, 2), 3)
+    want = {req.key(): [7, 8, 9]}
+    target = [client.Answer("ok", [[7, 5, 1]], [[-1.0, -1.0, -1.0]])]
+    tied = {req.key(): [{7: -0.1}, {8: -1.0, 5: -1.0 - TIE_LOGPROB / 10}, {9: -0.2}]}
+    apart = {req.key(): [{7: -0.1}, {8: -1.0, 5: -1.0 - 10 * TIE_LOGPROB}, {9: -0.2}]}
+    other = {req.key(): [{7: -0.1}, {8: -1.0, 6: -1.0}, {9: -0.2}]}
+    outcome = judge(Schedule((req,)), target, want, [], tops=tied)
+    assert outcome.ok and (outcome.ties, outcome.divergences) == (1, 0)
+    for tops in (apart, other, None):
+        outcome = judge(Schedule((req,)), target, want, [], tops=tops)
+        assert outcome.divergences == 1 and outcome.ties == 0
+        assert "differs from DP=1 at token 1" in outcome.problems[0]

@@ -215,7 +215,8 @@ def format_report(report: Report) -> str:
         f"{report.target} ({report.runner}), seed {report.seed}: {report.schedules} schedule(s) "
         f"({report.distinct} distinct), "
         f"{report.requests} requests, {report.aborts} aborted, {report.preemptions} preemption(s), "
-        f"{report.divergences} divergence(s), {report.hangs} hang(s), {report.nonfinite} non-finite, "
+        f"{report.divergences} divergence(s), {report.ties} near-tie(s), {report.hangs} hang(s), "
+        f"{report.nonfinite} non-finite, "
         f"{report.errors} error(s), {report.restarts} restart(s), {report.wall_s:.0f} s, "
         f"runner seen: {report.runner_seen or 'none'}",
     ]

@@ -23,16 +23,20 @@ class Answer:
     choices: list[list[int]] = dataclasses.field(default_factory=list)  # token ids per choice
     logprobs: list[list[float]] = dataclasses.field(default_factory=list)
     error: str = ""
+    # Per choice and position, the most likely tokens and their logprobs
+    # ({token id: logprob}), when asked for (send's ``top``): the DP=1
+    # reference's, to tell a near-tie from a divergence.
+    top: list[list[dict[int, float]]] = dataclasses.field(default_factory=list)
 
 
-def _body(model: str, req: Request) -> bytes:
+def _body(model: str, req: Request, top: int = 1) -> bytes:
     body = {
         "model": model,
         "prompt": list(req.prompt),
         "max_tokens": req.max_tokens,
         "n": req.n,
         "temperature": 0.0,
-        "logprobs": 1,
+        "logprobs": top,
         "ignore_eos": True,
         "return_tokens_as_token_ids": True,
         "stream": req.stream,
@@ -53,15 +57,20 @@ def _add(answer: Answer, choice: dict) -> None:
     while len(answer.choices) <= index:
         answer.choices.append([])
         answer.logprobs.append([])
+        answer.top.append([])
     lp = choice.get("logprobs") or {}
     answer.choices[index] += [_token_id(t) for t in lp.get("tokens") or []]
     answer.logprobs[index] += [float(x) for x in lp.get("token_logprobs") or []]
+    answer.top[index] += [
+        {_token_id(t): float(x) for t, x in (pos or {}).items()} for pos in lp.get("top_logprobs") or []
+    ]
 
 
-def send(url: str, model: str, req: Request, timeout_s: float) -> Answer:
-    """One completion request; never raises."""
+def send(url: str, model: str, req: Request, timeout_s: float, top: int = 1) -> Answer:
+    """One completion request, asking the ``top`` most likely tokens per
+    position; never raises."""
     http = urllib.request.Request(
-        url + "/v1/completions", data=_body(model, req), headers={"Content-Type": "application/json"}
+        url + "/v1/completions", data=_body(model, req, top), headers={"Content-Type": "application/json"}
     )
     answer = Answer("ok")
     try:
@@ -84,11 +93,13 @@ def send(url: str, model: str, req: Request, timeout_s: float) -> Answer:
                     return answer
             return answer
     except TimeoutError as exc:
-        return Answer("timeout", answer.choices, answer.logprobs, f"no answer within {timeout_s:.0f} s ({exc})")
+        answer.status, answer.error = "timeout", f"no answer within {timeout_s:.0f} s ({exc})"
+        return answer
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-        if "timed out" in str(exc):
-            return Answer("timeout", answer.choices, answer.logprobs, f"no answer within {timeout_s:.0f} s")
-        return Answer("error", answer.choices, answer.logprobs, repr(exc))
+        timed_out = "timed out" in str(exc)
+        answer.status = "timeout" if timed_out else "error"
+        answer.error = f"no answer within {timeout_s:.0f} s" if timed_out else repr(exc)
+        return answer
 
 
 def run(url: str, model: str, schedule: Schedule, timeout_s: float) -> list[Answer]:

@@ -27,7 +27,7 @@ from vllm_epdp.cpu_host import cpu_env
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.fuzz.client import Answer
 from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Schedule
-from vllm_epdp.fuzz.session import ledger_problems, start_reference
+from vllm_epdp.fuzz.session import Reference, ledger_problems
 from vllm_epdp.fuzz.targets import MAX_MODEL_LEN, Target
 from vllm_epdp.fuzz.verdict import Outcome, judge
 from vllm_epdp.verify.rank import PROGRESS
@@ -73,14 +73,12 @@ class OfflineSession:
         self.job = 0
 
     def __enter__(self) -> OfflineSession:
+        self.reference = Reference(self.target, self.model, self.runner, self.workdir, self.env, self.stack, self.say)
         try:
-            self.reference = start_reference(
-                self.target, self.model, self.runner, self.workdir, self.env, self.stack, self.say
-            )
             self.stack.callback(self._stop_ranks)
             self._start_ranks()
         except BaseException:
-            self.stack.close()  # no reference server left up by a target that could not start
+            self.stack.close()  # nothing left up by a target that could not start
             raise
         return self
 
@@ -196,10 +194,10 @@ class OfflineSession:
                 raw.update(data.get("answers", {}))
                 if "error" in data:
                     failed.append(f"DP rank {r}: {data['error']}")
-        reference = self.reference.answers_for(schedule)
         if all(p.exists() for p in outs) and not failed:
             answers = [answer_of(raw.get(str(i))) for i in range(len(schedule.requests))]
-            return judge(schedule, answers, reference, ledger_problems(d / "ledger"))
+            reference = self.reference.answers_for(schedule.requests)
+            return judge(schedule, answers, reference, ledger_problems(d / "ledger"), tops=self.reference.tops)
         hung = not failed and self.alive()
         if hung:
             why = f"no answer within {SCHEDULE_TIMEOUT_S:.0f} s"
@@ -209,7 +207,9 @@ class OfflineSession:
             answer_of(raw[str(i)]) if str(i) in raw else Answer("timeout" if hung else "error", error=why)
             for i in range(len(schedule.requests))
         ]
-        outcome = judge(schedule, answers, reference, [])
+        # Only what came back is compared with DP=1 (nothing: no reference started).
+        reference = self.reference.answers_for(r for i, r in enumerate(schedule.requests) if str(i) in raw)
+        outcome = judge(schedule, answers, reference, [], tops=self.reference.tops)
         if hung:
             outcome.problems.append("stacks of every rank:\n" + self.group.dump_stacks())
         else:

@@ -18,24 +18,33 @@ REQUEST_TIMEOUT_S = 120.0
 
 
 class Reference:
-    """The DP=1 server of a target (same model and runner, no EP) and the
+    """The DP=1 server of a target (same model and runner, no EP), started on
+    the first question (a target that fails at once needs none), and the
     greedy answers it gave, asked once per prompt and max_tokens."""
 
-    def __init__(self, server: serving.Server, model: str):
-        self.server, self.model = server, model
+    def __init__(self, target: Target, model: str, runner: str, workdir: Path, env: dict[str, str], stack, say):
+        self.deployment = target.reference(model, runner)
+        self.model, self.workdir, self.env, self.stack, self.say = model, workdir, env, stack, say
+        self.server: serving.Server | None = None
         self.answers: dict[tuple, list[int]] = {}
+        self.tops: dict[tuple, list[dict[int, float]]] = {}  # per position, the two most likely tokens
 
-    def answers_for(self, schedule: Schedule) -> dict[tuple, list[int]]:
-        todo = {r.key(): r for r in schedule.requests if r.key() not in self.answers}
+    def answers_for(self, requests) -> dict[tuple, list[int]]:
+        todo = {r.key(): r for r in requests if r.key() not in self.answers}
+        if todo and self.server is None:
+            self.say(f"[fuzz] starting the DP=1 reference ({self.deployment.runner})")
+            served = serving.serve(self.deployment, self.workdir / "reference", self.env, ledger=False)
+            self.server = self.stack.enter_context(served)
 
         def ask(req):
             plain = Request(0.0, req.prompt, req.max_tokens)  # n=1, not streamed, never aborted
-            return req.key(), client.send(self.server.url, self.model, plain, REQUEST_TIMEOUT_S)
+            return req.key(), client.send(self.server.url, self.model, plain, REQUEST_TIMEOUT_S, top=2)
 
         with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(todo)))) as pool:
             for key, answer in pool.map(ask, todo.values()):
                 if answer.status == "ok" and answer.choices:
                     self.answers[key] = answer.choices[0]
+                    self.tops[key] = answer.top[0] if answer.top else []
         return self.answers
 
 
@@ -44,12 +53,6 @@ def ledger_problems(ledger_dir: Path) -> list[str]:
     if not ledger.wait_quiet(ledger_dir, quiet_s=2.0):
         return ["the engines did not go quiet within 60 s after the last answer"]
     return ledger.compare(ledger_dir)
-
-
-def start_reference(target: Target, model: str, runner: str, workdir: Path, env: dict[str, str], stack, say):
-    say(f"[fuzz] starting the DP=1 reference ({runner})")
-    served = serving.serve(target.reference(model, runner), workdir / "reference", env, ledger=False)
-    return Reference(stack.enter_context(served), model)
 
 
 class Session:
@@ -62,13 +65,11 @@ class Session:
         self.restarts = 0
 
     def __enter__(self) -> Session:
+        self.reference = Reference(self.target, self.model, self.runner, self.workdir, self.env, self.stack, self.say)
         try:
-            self.reference = start_reference(
-                self.target, self.model, self.runner, self.workdir, self.env, self.stack, self.say
-            )
             self._start_target()
         except BaseException:
-            self.stack.close()  # no reference server left up by a target that could not start
+            self.stack.close()  # nothing left up by a target that could not start
             raise
         return self
 
@@ -107,7 +108,8 @@ class Session:
         if not hung and self.server.ledger_dir is not None:
             problems = ledger_problems(self.server.ledger_dir)
         preempted = client.preemptions(self.server.url) - before
-        outcome = judge(schedule, answers, self.reference.answers_for(schedule), problems, max(0, preempted))
+        reference = self.reference.answers_for(schedule.requests)
+        outcome = judge(schedule, answers, reference, problems, max(0, preempted), self.reference.tops)
         if hung:
             outcome.problems.append("stacks of every server process:\n" + stacks)
             self.retire_target()  # a hung server serves nothing more
