@@ -16,7 +16,6 @@ with the report) and the ranks start again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -27,8 +26,8 @@ from vllm_epdp.cpu_host import cpu_env
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.fuzz.client import Answer
 from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Schedule
-from vllm_epdp.fuzz.session import Reference, ledger_problems
-from vllm_epdp.fuzz.targets import MAX_MODEL_LEN, Target
+from vllm_epdp.fuzz.session import SessionBase, ledger_problems
+from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
 from vllm_epdp.fuzz.verdict import Outcome, judge
 from vllm_epdp.verify.rank import PROGRESS
 from vllm_epdp.verify.runner import rank_processes, write_spec
@@ -60,36 +59,19 @@ def answer_of(raw: dict | None) -> Answer:
     return Answer("ok", raw["choices"], logprobs)
 
 
-class OfflineSession:
-    """A fuzz session (same interface as vllm_epdp.fuzz.session.Session) on an
-    offline target."""
+class OfflineSession(SessionBase):
+    """A fuzz session on an offline target (the interface of
+    vllm_epdp.fuzz.session.Session)."""
 
-    def __init__(self, target: Target, model: str, runner: str, workdir: Path, env: dict[str, str], say=print):
-        self.target, self.model, self.runner = target, model, runner
-        self.workdir, self.env, self.say = workdir, env, say
-        self.stack = contextlib.ExitStack()
-        self.restarts = 0
-        self.group: procs.ProcGroup | None = None
-        self.job = 0
-
-    def __enter__(self) -> OfflineSession:
-        self.reference = Reference(self.target, self.model, self.runner, self.workdir, self.env, self.stack, self.say)
-        try:
-            self.stack.callback(self._stop_ranks)
-            self._start_ranks()
-        except BaseException:
-            self.stack.close()  # nothing left up by a target that could not start
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stack.close()
+    group: procs.ProcGroup | None = None
+    job = 0  # the next job's number
 
     @property
     def rank_dir(self) -> Path:
         return self.workdir / f"target-{self.restarts}"
 
-    def _start_ranks(self) -> None:
+    def _start_target(self) -> None:
+        self.stack.callback(self._stop_ranks)  # once per start; stopping twice does nothing
         t = self.target
         self.say(f"[fuzz] starting {t.name}: DP={t.dp}+TP={t.tp}+EP {t.topology} runner={self.runner}")
         d = self.rank_dir
@@ -166,14 +148,11 @@ class OfflineSession:
         """Stop ranks that hung or died now; the next schedule starts new ones."""
         self._stop_ranks()
 
-    def runner_seen(self) -> str | None:
-        return runners.runner_in_logs(self.logs)
-
     def run(self, schedule: Schedule) -> Outcome:
         if self.group is None or not self.alive():
             self._stop_ranks()
             self.restarts += 1
-            self._start_ranks()
+            self._start_target()
         plan = waves(schedule, self.target.dp)
         d, k = self.rank_dir, self.job
         self.job += 1

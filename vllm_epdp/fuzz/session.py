@@ -55,17 +55,21 @@ def ledger_problems(ledger_dir: Path) -> list[str]:
     return ledger.compare(ledger_dir)
 
 
-class Session:
+class SessionBase:
+    """What every fuzz session does: a DP=1 reference (started on the first
+    question), a target started on entering and on the first schedule after
+    it hung or died, everything stopped on leaving. Subclasses start, retire
+    and run their kind of target."""
+
     def __init__(self, target: Target, model: str, runner: str, workdir: Path, env: dict[str, str], say=print):
         self.target, self.model, self.runner = target, model, runner
         self.workdir, self.env, self.say = workdir, env, say
         self.stack = contextlib.ExitStack()
-        self.server: serving.Server | None = None
-        self.reference: Reference | None = None
+        self.reference = Reference(target, model, runner, workdir, env, self.stack, say)
         self.restarts = 0
+        self.logs: list[Path] = []  # the target's logs, for runner_seen()
 
-    def __enter__(self) -> Session:
-        self.reference = Reference(self.target, self.model, self.runner, self.workdir, self.env, self.stack, self.say)
+    def __enter__(self):
         try:
             self._start_target()
         except BaseException:
@@ -75,6 +79,19 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.stack.close()
+
+    def runner_seen(self) -> str | None:
+        """The model runner the target's logs show ("V1", "V2"), not the one asked for."""
+        return runners.runner_in_logs(self.logs)
+
+    def _start_target(self) -> None:
+        raise NotImplementedError
+
+
+class Session(SessionBase):
+    """A serving target: a vLLM server."""
+
+    server: serving.Server | None = None
 
     def _start_target(self) -> None:
         dep = self.target.deployment(self.model, self.runner)
@@ -90,9 +107,6 @@ class Session:
         one (none is started for a session that ends here)."""
         self.target_stack.close()
         self.server = None
-
-    def runner_seen(self) -> str | None:
-        return runners.runner_in_logs(self.logs)
 
     def run(self, schedule: Schedule) -> Outcome:
         if self.server is None or not self.server.alive() or not serving.healthy(self.server.url):
