@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from vllm_epdp.verify.rank import barrier, generate_wave, progress, start_engine
+from vllm_epdp.verify.rank import barrier, generate_wave, json_number, progress, start_engine
 
 POLL_S = 0.05
 
@@ -48,7 +47,7 @@ def answer_of(output) -> dict:
         tokens = list(completion.token_ids)
         choices.append(tokens)
         chosen = [pos[tok].logprob for tok, pos in zip(tokens, completion.logprobs or [])]
-        logprobs.append([x if math.isfinite(x) else repr(float(x)) for x in chosen])
+        logprobs.append([json_number(x) for x in chosen])
     return {"choices": choices, "logprobs": logprobs}
 
 

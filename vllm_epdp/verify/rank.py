@@ -45,11 +45,11 @@ def result_of(output) -> dict:
     completion = output.outputs[0]
     logprobs = []
     for position in completion.logprobs or []:
-        logprobs.append({str(tok): _num(lp.logprob) for tok, lp in position.items()})
+        logprobs.append({str(tok): json_number(lp.logprob) for tok, lp in position.items()})
     return {"token_ids": list(completion.token_ids), "logprobs": logprobs}
 
 
-def _num(x: float):
+def json_number(x: float):
     # JSON has no NaN/inf; keep them visible as strings so the check sees them.
     return x if math.isfinite(x) else repr(float(x))
 
