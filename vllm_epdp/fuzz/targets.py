@@ -30,7 +30,7 @@ class Target:
     def offline(self) -> bool:
         return self.topology in ("offline", "torchrun")
 
-    def deployment(self, model: str, runner: str) -> Deployment:
+    def deployment(self, model: str, runner: str, async_scheduling: bool | None = None) -> Deployment:
         return Deployment(
             model,
             dp=self.dp,
@@ -40,9 +40,13 @@ class Target:
             topology=self.topology,
             max_model_len=MAX_MODEL_LEN,
             num_kv_blocks=SMALL_KV_BLOCKS if self.small_kv else None,
+            async_scheduling=async_scheduling,
         )
 
     def reference(self, model: str, runner: str) -> Deployment:
+        # vLLM's default scheduling (synchronous on CPU) for the reference,
+        # whatever the target runs: async scheduling must not change a greedy
+        # answer, so the target is held against the plainest run there is.
         return Deployment(model, dp=1, tp=1, ep=False, runner=runner, topology="mp", max_model_len=MAX_MODEL_LEN)
 
 
