@@ -34,6 +34,7 @@ class Settings:
     watch: bool = True  # nan_watch hooks
     ledger: bool = False
     extra_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    async_scheduling: bool | None = None  # None: vLLM's default (off on CPU)
     say: object = print  # progress printer
 
 
@@ -181,7 +182,11 @@ def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Pat
         config.launcher,
         env,
         "vllm_epdp.verify.rank",
-        lambda rank: write_spec(workdir, rank, rank_spec(config, model, scenarios, workdir, rank)),
+        lambda rank: write_spec(
+            workdir,
+            rank,
+            dict(rank_spec(config, model, scenarios, workdir, rank), async_scheduling=settings.async_scheduling),
+        ),
         workdir,
     )
     settings.say(
