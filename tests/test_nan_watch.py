@@ -249,3 +249,30 @@ def test_nonfinite_rows_ignores_non_float_and_empty():
     t[1, 0, 0] = float("inf")
     t[3, 1, 2] = float("nan")
     assert nonfinite.nonfinite_rows(t, 2) == (1, 1)
+
+
+def test_padding_rows_left_not_zero_are_counted_finite_or_not(tmp_path):
+    counter = nonfinite.NonFiniteCounter(tmp_path)
+    counter.step(4, 1)  # start-up (memory profiling): not counted
+    garbage = torch.zeros(4, 3)
+    garbage[0] = 5.0  # the real row: never counted
+    garbage[2, 1] = 0.25  # finite, but not zero
+    counter.module_output("attn", garbage, real=1)
+    counter.serving = True
+    counter.step(4, 1)
+    counter.module_output("attn", garbage, real=1)
+    garbage[3, 0] = float("nan")
+    counter.module_output("attn", (torch.zeros(4, 3), garbage), real=1)  # the larger count
+    counter.module_output("zeroed", torch.zeros(4, 3), real=1)
+    counter.flush()
+    data = json.loads(counter.path.read_text())
+    assert data["pad_nonzero_rows"] == {"attn": 1 + 2}
+    assert data["modules"]["attn"]["pad_nonfinite_rows"] == 1
+    assert nonfinite.summarize(tmp_path)["pad_nonzero_rows"] == {"dp?tp?:attn": 3}
+
+
+def test_nonzero_rows_reads_padding_rows_only():
+    t = torch.ones(3, 2)
+    assert nonfinite.nonzero_rows(t, 3) == 0 and nonfinite.nonzero_rows(t, 1) == 2
+    assert nonfinite.nonzero_rows(torch.tensor([1, 2]), 0) == 0
+    assert nonfinite.nonzero_rows(torch.zeros(3, 2), 0) == 0

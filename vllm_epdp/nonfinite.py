@@ -16,6 +16,11 @@ of them are real), what a module produced, and when serving has begun
   modules                     {name: {real_nonfinite_rows, pad_nonfinite_rows,
                                startup_nonfinite_rows, first_step, first_kind}}
                               for modules that ever produced a non-finite row
+  pad_nonzero_rows            {name: rows}: padding rows that a module left
+                              not all zero (NaN counts), while serving, for
+                              modules with any. A module whose padding rows
+                              are zeroed shows none; finite or not, anything
+                              else there came from memory no row owns.
 
 ``summarize(DIR)`` merges the files of every process of a run.
 """
@@ -44,6 +49,14 @@ def nonfinite_rows(t, real: int) -> tuple[int, int]:
     return int(bad[:real].sum()), int(bad[real:].sum())
 
 
+def nonzero_rows(t, real: int) -> int:
+    """Rows past the first ``real`` that hold anything but zeros (NaN too)."""
+    if t.dim() == 0 or t.shape[0] <= real or not t.is_floating_point():
+        return 0
+    pad = t[max(0, real) :]
+    return int((pad.reshape(pad.shape[0], -1) != 0).any(dim=1).sum())
+
+
 class NonFiniteCounter:
     """One process's counts, written to ``outdir/nan_watch-<pid>.json``.
 
@@ -63,6 +76,7 @@ class NonFiniteCounter:
             "max_padded_rows": 0,
             "rows": [],
             "modules": {},
+            "pad_nonzero_rows": {},
         }
         self.last_flush = 0.0
         self.serving = False
@@ -88,17 +102,24 @@ class NonFiniteCounter:
     def module_output(self, name: str, output, real: int) -> None:
         """Module ``name`` produced ``output`` (a tensor, or a tuple or list
         holding tensors) in a forward whose first ``real`` rows are real. Of
-        several tensors, each count (real rows, padding rows) is the largest."""
+        several tensors, each count (non-finite real rows, non-finite padding
+        rows, padding rows not all zero) is the largest."""
         import torch
 
         tensors = output if isinstance(output, (tuple, list)) else (output,)
-        bad_real = bad_pad = 0
+        bad_real = bad_pad = nonzero_pad = 0
         for t in tensors:
             if isinstance(t, torch.Tensor):
                 r, p = nonfinite_rows(t.detach(), real)
                 bad_real, bad_pad = max(bad_real, r), max(bad_pad, p)
+                # Only the padding rows are read: no cost without padding.
+                nonzero_pad = max(nonzero_pad, nonzero_rows(t.detach(), real))
         if bad_real or bad_pad:
             self._record(name, bad_real, bad_pad)
+        if nonzero_pad and self.serving:
+            with self.lock:
+                counts = self.data["pad_nonzero_rows"]
+                counts[name] = counts.get(name, 0) + nonzero_pad
 
     def _record(self, name: str, bad_real: int, bad_pad: int) -> None:
         with self.lock:
@@ -158,6 +179,7 @@ def summarize(outdir: str | os.PathLike) -> dict:
         "startup_nonfinite_rows": 0,
         "runners": [],  # model runners the processes ran ("V1", "V2")
         "modules": {},
+        "pad_nonzero_rows": {},
     }
     for path in sorted(Path(outdir).glob("nan_watch-*.json")):
         try:
@@ -178,4 +200,7 @@ def summarize(outdir: str | os.PathLike) -> dict:
             total["pad_nonfinite_rows"] += entry["pad_nonfinite_rows"]
             total["startup_nonfinite_rows"] += entry.get("startup_nonfinite_rows", 0)
             total["modules"][f"{tag}:{name}"] = entry
+        nonzero = total["pad_nonzero_rows"]
+        for name, rows in data.get("pad_nonzero_rows", {}).items():
+            nonzero[f"{tag}:{name}"] = nonzero.get(f"{tag}:{name}", 0) + rows
     return total
