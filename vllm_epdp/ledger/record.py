@@ -249,8 +249,9 @@ def _post(layer: str, op: str, group: Group, args: tuple, kwargs: dict, extra: s
     dtypes: list = []
     for value in args:
         describe(value, shapes, dtypes)
-    for value in kwargs.values():
-        describe(value, shapes, dtypes)
+    if kwargs:
+        for value in kwargs.values():
+            describe(value, shapes, dtypes)
     capture = getattr(_tls, "graph", None)
     if capture is not None:
         # Captured into a graph: nothing is posted now, each replay posts it.
@@ -258,9 +259,11 @@ def _post(layer: str, op: str, group: Group, args: tuple, kwargs: dict, extra: s
                         "shapes": shapes, "dtypes": dtypes})  # fmt: skip
         _announce(group)
         return None
-    # Hand-built JSON (keys and group names are escaped once, in Group):
-    # json.dumps of the whole entry was half of the per-call cost.
-    body = f'"layer":"{layer}","op":"{op}","shapes":{shapes},"dtypes":{dtypes}'.replace("'", '"')
+    # Hand-built JSON (keys and group names are escaped once, in Group; a
+    # list of ints prints as JSON): json.dumps of the whole entry was half
+    # of the per-call cost.
+    names = '","'.join(dtypes)
+    body = f'"layer":"{layer}","op":"{op}","shapes":{shapes},"dtypes":{f"""["{names}"]""" if dtypes else "[]"}'
     with _lock:
         if not group.announced:
             _announce_locked(group)
@@ -290,16 +293,21 @@ def _announce_locked(group: Group) -> None:
 
 def describe(value, shapes: list, dtypes: list) -> None:
     """Shapes and dtypes of a tensor, or of a list/tuple of tensors."""
-    tensor = _tensor_type()
+    tensor = _tensor or _tensor_type()
     if isinstance(value, tensor):
         shapes.append(list(value.shape))
-        dtypes.append(str(value.dtype)[6:])  # "torch.float32" -> "float32"
-    elif isinstance(value, (list, tuple)) and value and isinstance(value[0], tensor):
+        dtype = value.dtype
+        name = _dtype_names.get(dtype)
+        if name is None:
+            name = _dtype_names[dtype] = str(dtype).removeprefix("torch.")
+        dtypes.append(name)
+    elif type(value) in (list, tuple) and value and isinstance(value[0], tensor):
         for item in value:
             describe(item, shapes, dtypes)
 
 
 _tensor: type | None = None
+_dtype_names: dict = {}  # torch.float32 -> "float32"
 
 
 def _tensor_type() -> type:
