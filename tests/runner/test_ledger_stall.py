@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import ledger
+from vllm_epdp import ledger, plugin
+from vllm_epdp.errors import EpdpError
 from vllm_epdp.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(180)
@@ -52,3 +53,14 @@ def test_every_rank_dumps_every_thread_and_compare_names_the_parting(vllm_patche
         [sys.executable, "-m", "vllm_epdp.ledger", "stalls", str(out)], capture_output=True, text=True, timeout=60
     )
     assert stacks.returncode == 0 and stacks.stdout.count("thread ledger-test-sleeper") == 2, stacks.stdout
+
+
+def test_the_stall_threshold_is_read_or_refused_with_a_reason(monkeypatch):
+    monkeypatch.delenv("VLLM_EPDP_LEDGER_STALL_S", raising=False)
+    assert plugin.stall_seconds() is None
+    monkeypatch.setenv("VLLM_EPDP_LEDGER_STALL_S", "120")
+    assert plugin.stall_seconds() == 120.0
+    for bad in ("2m", "0", "-5"):
+        monkeypatch.setenv("VLLM_EPDP_LEDGER_STALL_S", bad)
+        with pytest.raises(EpdpError, match="give the stall threshold in seconds"):
+            plugin.stall_seconds()
