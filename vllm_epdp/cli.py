@@ -112,13 +112,17 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "ledger",
         help="compare the collective ledgers of a run (VLLM_EPDP_LEDGER=DIR)",
         description="Run vLLM with VLLM_EPDP_LEDGER=DIR (vllm-epdp installed: its vLLM plugin records "
-        "every torch.distributed collective per rank and group), then `vllm-epdp ledger "
-        "compare DIR`: exit 0 if all members of every group posted the same sequence, 1 "
-        "and the first differing entry of each rank if not. `summary DIR` counts per group.",
+        "every collective per rank and group: vLLM's GroupCoordinator calls, whatever the backend, "
+        "torch.distributed calls that bypass it, CUDA/XPU graph replays, and the model runner's "
+        "steps; VLLM_EPDP_LEDGER_STALL_S=N adds a watchdog that dumps every thread's stack when a "
+        "collective or step hangs for N seconds), then `vllm-epdp ledger compare DIR`: exit 0 if "
+        "all members of every group posted the same sequence, 1 with the first differing entry of "
+        "each member and its step if not (or a stall dump, an unreadable line, no entry at all). "
+        "`summary DIR` counts per group, `stalls DIR` prints the stall dumps' stacks.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ledger.add_argument("ledger_args", nargs=argparse.REMAINDER, metavar="compare|summary DIR")
+    ledger.add_argument("ledger_args", nargs=argparse.REMAINDER, metavar="compare|summary|stalls DIR")
 
     verify = sub.add_parser(
         "verify",

@@ -16,7 +16,7 @@ Where the hooks go and why:
 - The model exists only after ``Worker.load_model`` (vllm/v1/worker/gpu_worker.py)
   returns; the CPU and XPU workers inherit that method, so wrapping it covers
   every platform and both model runners. The plugin runs before or after that module is imported
-  depending on the process, so we patch it on import (a meta-path hook) rather
+  depending on the process, so we patch it on import (vllm_epdp/import_hooks.py) rather
   than importing worker code into the API-server process.
 - Which rows are real is known for sure only to the model runner: the first
   ``scheduler_output.total_num_scheduled_tokens`` rows of a forward from
@@ -31,13 +31,11 @@ Where the hooks go and why:
 from __future__ import annotations
 
 import atexit
-import importlib.abc
-import importlib.machinery
 import os
 import sys
 from pathlib import Path
 
-from vllm_epdp import cpu_isa, runners
+from vllm_epdp import cpu_isa, import_hooks, runners
 from vllm_epdp.nonfinite import NonFiniteCounter
 
 # The module whose Worker.load_model is wrapped (the hook point).
@@ -52,11 +50,7 @@ def install(outdir: str | os.PathLike) -> None:
     if _state is not None:
         return
     _state = _Watch(Path(outdir))
-    module = sys.modules.get(WORKER_MODULE)
-    if module is not None:
-        _patch_worker(module)
-    else:
-        sys.meta_path.insert(0, _PatchOnImport(WORKER_MODULE, _patch_worker))
+    import_hooks.after_import(WORKER_MODULE, _patch_worker)
 
 
 def flush() -> None:
@@ -70,30 +64,6 @@ def reset() -> None:
     one (for tests; hooks already placed stay where they are)."""
     global _state
     _state = None
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Run ``patch(module)`` right after ``name`` is first imported."""
-
-    def __init__(self, name: str, patch) -> None:
-        self.name, self.patch = name, patch
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-        patch = self.patch
-
-        def exec_then_patch(module):
-            exec_module(module)
-            patch(module)
-
-        spec.loader.exec_module = exec_then_patch
-        return spec
 
 
 def _patch_worker(module) -> None:

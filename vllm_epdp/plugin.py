@@ -5,8 +5,13 @@ process. It must stay a no-op unless the user asked for a diagnostic, because it
 is loaded into every vLLM process once vllm-epdp is installed.
 
 Switches (environment variables, read once per process):
-  VLLM_EPDP_LEDGER=DIR     record every torch.distributed collective per rank
-                           and process group into DIR (see vllm_epdp/ledger/)
+  VLLM_EPDP_LEDGER=DIR     record every collective per rank and process group
+                           into DIR: vLLM's GroupCoordinator calls, torch.distributed
+                           calls that bypass it, graph replays, the model runner's
+                           steps (see vllm_epdp/ledger/)
+  VLLM_EPDP_LEDGER_STALL_S=N  with the ledger: when a collective or a step has
+                           not finished for N seconds, the process writes its
+                           last entries and every thread's stack into DIR
   VLLM_EPDP_NAN_WATCH=DIR  forward hooks that count non-finite rows per decoder
                            layer, real vs padding rows (vllm_epdp/nan_watch.py)
   VLLM_EPDP_NAN_FILL=1     fill every new torch.empty buffer with NaN (integers
@@ -28,7 +33,7 @@ def register() -> None:
     if os.environ.get("VLLM_EPDP_LEDGER"):
         from vllm_epdp import ledger
 
-        ledger.install(os.environ["VLLM_EPDP_LEDGER"])
+        ledger.install(os.environ["VLLM_EPDP_LEDGER"], stall_s=stall_seconds())
     if os.environ.get("VLLM_EPDP_NAN_WATCH"):
         from vllm_epdp import nan_watch
 
@@ -47,3 +52,22 @@ def fill_uninitialized_with_nan() -> None:
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+def stall_seconds() -> float | None:
+    """VLLM_EPDP_LEDGER_STALL_S as seconds (None: unset)."""
+    from vllm_epdp.errors import EpdpError
+
+    value = os.environ.get("VLLM_EPDP_LEDGER_STALL_S", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise EpdpError(
+            f"VLLM_EPDP_LEDGER_STALL_S={value!r}: give the stall threshold in seconds, "
+            "well above your slowest step (e.g. 120), or unset it"
+        )
+    return seconds

@@ -32,7 +32,7 @@ def run_schedule(
 ) -> dict:
     """waves[rank] = list of waves, each a list of max_tokens (one request
     each). Returns {"outcome", "results", "ledger_mismatches", "counts",
-    "nan_watch"}.
+    "ledger_steps", "ledger_ops", "nan_watch"}.
 
     stall_s: once one rank has finished its whole schedule, the others get
     this long to finish too before the run counts as hung (an expected hang
@@ -127,6 +127,7 @@ def run_schedule(
         results.update(json.loads(p.read_text())["results"]["schedule"])
     ldir = workdir / "ledger"
     watch = [json.loads(p.read_text()) for p in sorted((workdir / "nan_watch").glob("*.json"))]
+    loaded = ledger.load(ldir) if ldir.is_dir() else None
     return {
         "nan_watch": watch,
         # The model runner each worker really ran (nan_watch saw its class).
@@ -135,4 +136,12 @@ def run_schedule(
         "results": results,
         "ledger_mismatches": ledger.compare(ldir) if ldir.is_dir() else ["no ledger"],
         "counts": ledger.counts(ldir) if ldir.is_dir() else {},
+        # Per process that ran a model: the kinds of steps the ledger marked.
+        "ledger_steps": sorted(loaded.steps.values(), key=str) if loaded else [],
+        # (layer, op) of every entry: which layers recorded what.
+        "ledger_ops": sorted(
+            {(e.layer, e.op) for members in loaded.groups.values() for _, entries in members.values() for e in entries}
+        )
+        if loaded
+        else [],
     }

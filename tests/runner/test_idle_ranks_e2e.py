@@ -69,6 +69,13 @@ def test_idle_rank_and_split_batches_stay_in_step(series_env, moe_model, tmp_pat
     assert run["runners"] == [runner.upper()]
     assert run["ledger_mismatches"] == []
     assert sorted(len(r["token_ids"]) for r in run["results"].values()) == [1] * 24 + [3, 4, 9, 12, 30]
+    # The plugin put the ledger's vLLM layer in every worker: the MoE
+    # collectives are GroupCoordinator entries, and the steps are marked
+    # (a rank idle while its peer works runs the engine's dummy batches).
+    assert ("vllm", "dispatch") in run["ledger_ops"] or ("vllm", "dispatch_router_logits") in run["ledger_ops"]
+    workers = [kinds for kinds in run["ledger_steps"] if "execute_model" in kinds]
+    assert len(workers) == 2, run["ledger_steps"]
+    assert any(kinds.get("execute_dummy_batch") for kinds in workers), run["ledger_steps"]
 
 
 @pytest.mark.parametrize("runner", ["v1", "v2"])

@@ -45,3 +45,8 @@ def test_zero_token_step_joins_only_under_external_launcher(series_env, tmp_path
     # the 30 joined steps agree; the working rank's 31st has no partner
     assert f"disagree at collective #{STEPS}\n" in mismatch
     assert "<no entry" in mismatch
+    # and the ledger names the steps (the runner's methods, marked by the
+    # ledger's vLLM layer): the working rank's dummy forward of 7 tokens
+    # against the idle rank's last execute_model, which had no token.
+    assert "(_dummy_run, 7 tokens)" in mismatch
+    assert "its last step: step" in mismatch and "(execute_model, 0 tokens)" in mismatch

@@ -1,4 +1,4 @@
-"""``python -m vllm_epdp.ledger compare|summary DIR``: the same as ``vllm-epdp ledger``."""
+"""``python -m vllm_epdp.ledger compare|summary|stalls DIR``: the same as ``vllm-epdp ledger``."""
 
 import sys
 

@@ -1,9 +1,16 @@
-"""Read the ledgers of a run and find where the members of a process group disagree.
+"""What a run's ledgers say: where the members of a group part, the stall dumps, counts.
 
 Each member's sequence of collectives (point-to-point ops left out: peers
-post different ones) is compared entry by entry: the op, the dtypes, and for
-the ops whose shapes must agree on every member (``SHAPE_CHECKED_OPS``) the
-shapes. The first differing entry of a group is where a rank went its own way.
+post different ones) is compared entry by entry: the op, the layer it was
+recorded at, the dtypes, the ``sizes`` list where there is one, and for the
+ops whose shapes must agree on every member (read.SHAPE_CHECKED_OPS) the
+shapes; a graph replay by what the graph holds on that group. The first
+differing entry of a group is where a rank went its own way; the report
+names what each member posted there and the model-runner step it belongs to.
+
+``report(DIR)`` is everything (for the command line); ``compare(DIR)`` the
+list of problems only (empty: every group agrees, every line was read, no
+stall was dumped), which is what verify and the fuzzer check.
 """
 
 from __future__ import annotations
@@ -14,133 +21,107 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Point-to-point: peers post different ops (send vs recv), so these are
-# recorded but not compared across members.
-P2P_OPS = frozenset({"send", "recv", "isend", "irecv", "send_object_list", "recv_object_list"})
-# Ops whose tensor shapes must agree on every member. For the others (rooted
-# ops, uneven all_to_all, pickled objects) members legitimately pass different
-# shapes, so only op and dtypes are compared.
-SHAPE_CHECKED_OPS = frozenset(
-    {
-        "all_reduce",
-        "all_gather",
-        "all_gather_into_tensor",
-        "all_gather_single",
-        "reduce_scatter",
-        "reduce_scatter_tensor",
-        "reduce_scatter_single",
-        "broadcast",
-        "reduce",
-        "barrier",
-        "monitored_barrier",
-    }
-)
+from vllm_epdp.ledger.read import LAYERS, P2P_OPS, Entry, Ledger, load
 
 
 @dataclass
-class Entry:
-    seq: int
-    op: str
-    shapes: list
-    dtypes: list
-
-    def signature(self) -> tuple:
-        shapes = self.shapes if self.op in SHAPE_CHECKED_OPS else None
-        return (self.op, json.dumps(shapes), tuple(self.dtypes))
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.op} shapes={self.shapes} dtypes={self.dtypes}"
-
-
-@dataclass
-class Ledger:
-    # group key -> member -> (file, entries)
-    groups: dict[str, dict[int, tuple[str, list[Entry]]]] = field(default_factory=dict)
+class Report:
+    ledger: Ledger
     problems: list[str] = field(default_factory=list)
-    # global rank -> file, for processes that used registered groups
-    global_ranks: dict[int, str] = field(default_factory=dict)
-
-    def fill_silent_members(self) -> None:
-        """A process that recorded collectives but none in a registered group
-        it belongs to (by the group's rank list) skipped every one of them:
-        count it as a member with an empty sequence."""
-        for key, members in self.groups.items():
-            if ":unregistered:" in key:
-                continue
-            ranks = key.split(":", 1)[1].split("#", 1)[0]
-            for r in (int(x) for x in ranks.split(",") if x):
-                if r not in members and r in self.global_ranks:
-                    members[r] = (self.global_ranks[r], [])
+    notes: list[str] = field(default_factory=list)
 
 
-def load(directory: str | os.PathLike) -> Ledger:
-    ledger = Ledger()
-    files = sorted(Path(directory).glob("*.jsonl"))
-    if not files:
-        ledger.problems.append(f"no ledger files (*.jsonl) in {directory}")
-    for path in files:
-        per_key: dict[tuple[str, int], list[Entry]] = {}
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed process
-            if rec.get("kind") != "op":
-                continue
-            entry = Entry(rec["seq"], rec["op"], rec["shapes"], rec["dtypes"])
-            per_key.setdefault((rec["group"], rec["member"]), []).append(entry)
-        ranks = {m for (key, m) in per_key if ":unregistered:" not in key}
-        if len(ranks) == 1:
-            ledger.global_ranks[ranks.pop()] = path.name
-        for (key, member), entries in per_key.items():
-            members = ledger.groups.setdefault(key, {})
-            if member in members:
-                ledger.problems.append(
-                    f"group {key}: member {member} recorded by two processes "
-                    f"({members[member][0]} and {path.name}); "
-                    "use one ledger directory per run"
-                )
-                continue
-            members[member] = (path.name, entries)
-    return ledger
+def report(directory: str | os.PathLike) -> Report:
+    ledger = load(directory)
+    ledger.fill_silent_members()
+    out = Report(ledger, list(ledger.problems), list(ledger.notes))
+    parted = []
+    for key, members in ledger.groups.items():
+        found = _parting(ledger, key, members)
+        if found is not None:
+            parted.append(found)
+    # The earliest parting first: later ones are often its consequences.
+    parted.sort(key=lambda p: p[0])
+    out.problems += [text for _, text in parted]
+    out.problems += [_stall_line(s, directory) for s in ledger.stalls]
+    return out
 
 
 def compare(directory: str | os.PathLike) -> list[str]:
-    """Mismatches between members of every group; empty list if all agree.
+    """Problems: members of a group that disagree (the first differing entry
+    of each group, each member's entry and step), unreadable lines, stall
+    dumps, no entry at all. Empty list if all agree."""
+    return report(directory).problems
 
-    Each mismatch names the group and, for every member, the first entry at
-    which the members' sequences differ (or where one sequence ended).
-    """
-    ledger = load(directory)
-    ledger.fill_silent_members()
-    report = list(ledger.problems)
-    for key, members in sorted(ledger.groups.items()):
-        seqs = {m: [e for e in entries if e.op not in P2P_OPS] for m, (_, entries) in members.items()}
-        if len(seqs) < 2:
+
+def _parting(ledger: Ledger, key: str, members: dict) -> tuple[float, str] | None:
+    seqs = {m: [e for e in entries if e.op not in P2P_OPS] for m, (_, entries) in members.items()}
+    if len(seqs) < 2:
+        return None
+    longest = max(len(s) for s in seqs.values())
+    for i in range(longest):
+        sigs = {m: (s[i].signature() if i < len(s) else None) for m, s in seqs.items()}
+        if len(set(sigs.values())) == 1:
             continue
-        longest = max(len(s) for s in seqs.values())
-        for i in range(longest):
-            sigs = {m: (s[i].signature() if i < len(s) else None) for m, s in seqs.items()}
-            if len(set(sigs.values())) > 1:
-                lines = [f"group {key}: members disagree at collective #{i}"]
-                for m in sorted(seqs):
-                    s = seqs[m]
-                    what = str(s[i]) if i < len(s) else f"<no entry: {len(s)} in all>"
-                    lines.append(f"  member {m} ({members[m][0]}): {what}")
-                report.append("\n".join(lines))
-                break
-    return report
+        lines = [f"group {key}: members disagree at collective #{i}"]
+        info = ledger.info.get(key)
+        what = f"{LAYERS.get(info.layer, info.layer)} group {info.name}, ranks {info.ranks}" if info else "group"
+        lines.append(f"  {what}; entries per member: " + ", ".join(f"{m}: {len(seqs[m])}" for m in sorted(seqs)))
+        times = []
+        for m in sorted(seqs):
+            fname = members[m][0]
+            s = seqs[m]
+            if i < len(s):
+                e = s[i]
+                times.append(e.t or 0.0)
+                lines.append(f"  member {m} ({fname} line {e.line}): {e}; {_step_text(e)}")
+            else:
+                last = ledger.last_steps.get(fname)
+                after = f"its last step: {last}" if last else "no model-runner step recorded"
+                lines.append(f"  member {m} ({fname}): <no entry: {len(s)} in all>; {after}")
+        return (min(times) if times else 0.0), "\n".join(lines)
+    return None
+
+
+def _step_text(entry: Entry) -> str:
+    return f"in {entry.step}" if entry.step else "before any model-runner step"
+
+
+def _stall_line(stall, directory) -> str:
+    rec = stall.record
+    return (
+        f"stall: {stall.file} line {stall.line} (pid {rec.get('pid')}): {stall.waiting()} had not finished "
+        f"after {rec.get('waited_s')} s; {len(rec.get('threads', []))} threads' stacks dumped: "
+        f"vllm-epdp ledger stalls {directory}"
+    )
+
+
+def stalls(directory: str | os.PathLike) -> list[str]:
+    """Every stall dump in full: what waited, the last entries, each thread's stack."""
+    ledger = load(directory)
+    out = []
+    for stall in ledger.stalls:
+        rec = stall.record
+        lines = [_stall_line(stall, directory), "  last entries (oldest first):"]
+        for last in rec.get("last", [])[-12:]:
+            lines.append(f"    {json.dumps(last)}")
+        for thread in rec.get("threads", []):
+            lines.append(f"  thread {thread.get('name')} ({thread.get('ident')}):")
+            lines += [f"    {frame}" for frame in thread.get("stack", [])]
+        out.append("\n".join(lines))
+    return out
 
 
 def summary(directory: str | os.PathLike) -> list[str]:
     ledger = load(directory)
-    lines = list(ledger.problems)
+    lines = list(ledger.problems) + [f"note: {n}" for n in ledger.notes]
     for key, members in sorted(ledger.groups.items()):
         for m, (fname, entries) in sorted(members.items()):
             counts: dict[str, int] = {}
             for e in entries:
                 counts[e.op] = counts.get(e.op, 0) + 1
             lines.append(f"{key} member {m} ({fname}): {len(entries)} {counts}")
+    lines += [_stall_line(s, directory) for s in ledger.stalls]
     return lines
 
 
@@ -162,7 +143,7 @@ def wait_quiet(directory: str | os.PathLike, quiet_s: float = 3.0, limit_s: floa
     deadline = time.monotonic() + limit_s
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
-        sizes = sorted((p.name, p.stat().st_size) for p in Path(directory).glob("*.jsonl"))
+        sizes = sorted((str(p), p.stat().st_size) for p in Path(directory).rglob("*.jsonl"))
         if sizes != last:
             last, since = sizes, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
