@@ -75,6 +75,7 @@ def _vllm_tree(root, with_v1: bool):
     """A vllm/ package with or without Model Runner V1's file (0.34.0 deleted it)."""
     (root / "vllm" / "v1" / "worker" / "gpu").mkdir(parents=True)
     (root / "vllm" / "__init__.py").write_text("")
+    (root / "vllm" / "v1" / "worker" / "gpu" / "model_runner.py").write_text("")
     if with_v1:
         (root / "vllm" / "v1" / "worker" / "gpu_model_runner.py").write_text("")
     return root / "vllm"
@@ -96,6 +97,9 @@ def test_v1_is_read_off_the_files(tmp_path):
     env = {"PYTHONPATH": str(with_v1.parent)}
     assert runners.present(with_v1) == ("V1", "V2") and runners.available(env) == ["v1", "v2"]
     assert runners.runner_env("v1", env)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    # A tree that is neither (no V2 runner file either) is not taken for V1-less.
+    (without / runners.V2_RUNNER_FILE).unlink()
+    assert runners.has_v1(without)
 
 
 def test_runner_in_logs_without_the_v2_line(tmp_path):

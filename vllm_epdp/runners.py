@@ -46,8 +46,10 @@ V2_LOG_LINE = "Using V2 Model Runner"
 _ENGINE_LINE = re.compile(r"Initializing a V1 LLM engine \(v([^)\s]+)\)")
 # The first release without Model Runner V1, for logs (files: has_v1).
 V1_REMOVED_IN = Version("0.34.0")
-# The file that is Model Runner V1; a vLLM without it has only V2.
+# The files that are Model Runner V1 and V2: a vLLM with V2's and without
+# V1's has only V2.
 V1_RUNNER_FILE = Path("v1", "worker", "gpu_model_runner.py")
+V2_RUNNER_FILE = Path("v1", "worker", "gpu", "model_runner.py")
 NO_V1_WHY = "Model Runner V1 is not in this vLLM (removed in 0.34.0)"
 # The base class of each runner (XPU's V1 and V2 runners share one module,
 # so the class's own module says nothing; its ancestors do).
@@ -71,8 +73,13 @@ def vllm_package(env: dict[str, str] | None = None) -> Path | None:
 
 def has_v1(package_dir: Path | None) -> bool:
     """Whether the vLLM at ``package_dir`` still has Model Runner V1 (up to
-    0.33.0). Unknown (no vLLM found) counts as yes: nothing is taken away."""
-    return package_dir is None or (Path(package_dir) / V1_RUNNER_FILE).is_file()
+    0.33.0). Only a tree with V2's runner file and without V1's counts as
+    V1-less; anything unknown (no vLLM found, a tree with neither) counts as
+    having it: nothing is taken away on a guess."""
+    if package_dir is None:
+        return True
+    package_dir = Path(package_dir)
+    return (package_dir / V1_RUNNER_FILE).is_file() or not (package_dir / V2_RUNNER_FILE).is_file()
 
 
 def present(package_dir: Path | None) -> tuple[str, ...]:
