@@ -136,3 +136,23 @@ def test_a_v1_part_protects_nothing_without_v1(tmp_path):
     assert runners.protected(padding, with_v1) == ("V1", "V2") and runners.absent_runners([padding], with_v1) == []
     # The 0.34.0 series names only the runner 0.34.0 has.
     assert [p.model_runners for p in load_series("0.34.0") if p.model_runners] == [("V2",), ("V2",)]
+
+
+def test_verify_plans_the_runners_the_vllm_has(tmp_path, monkeypatch):
+    """verify's default (--runner both) is every runner this vLLM has: V2
+    alone on a vLLM without V1, where --runner v1 is refused up front."""
+    import argparse
+
+    from vllm_epdp.verify import args as verify_args
+
+    def plan(*argv):
+        parser = argparse.ArgumentParser()
+        verify_args.add_arguments(parser)
+        return verify_args.make_plan(parser.parse_args(list(argv)))
+
+    monkeypatch.setenv("PYTHONPATH", str(_vllm_tree(tmp_path / "034", with_v1=False).parent))
+    assert {c.runner for c in plan().configs} == {"v2"}
+    with pytest.raises(EpdpError, match="--runner v1 cannot run"):
+        plan("--runner", "v1")
+    monkeypatch.setenv("PYTHONPATH", str(_vllm_tree(tmp_path / "033", with_v1=True).parent))
+    assert {c.runner for c in plan().configs} == {"v1", "v2"}
