@@ -96,3 +96,22 @@ def test_clean_series_passes(tmp_path, release, monkeypatch):
     )
     assert patch_lint.lint_series("0.32.0", release) == []
     assert patch_lint.main(["--version", "0.32.0"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("rev", "pin"),
+    [
+        ("v0.14.0", "0.14.0"),  # 0.32.0, 0.33.0
+        ("f368fb366ff7f2f808dd324b83a6d32267799e19  # frozen: v0.17.2", "0.17.2"),  # 0.34.0
+        ("f368fb366ff7f2f808dd324b83a6d32267799e19", None),  # a commit alone names no version
+    ],
+)
+def test_upstream_ruff_pin_reads_both_forms(tmp_path, rev, pin):
+    """Each release is linted with the ruff its pre-commit pins; 0.34.0 pins
+    a commit and writes the version in a comment."""
+    (tmp_path / ".pre-commit-config.yaml").write_text(
+        "repos:\n- repo: https://github.com/astral-sh/ruff-pre-commit\n"
+        f"  rev: {rev}\n  hooks:\n  - id: ruff-check\n"
+        "- repo: https://github.com/crate-ci/typos\n  rev: v1.51.1  # frozen: v1.51.1\n"
+    )
+    assert patch_lint.upstream_ruff_pin(tmp_path) == pin

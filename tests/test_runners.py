@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from vllm_epdp import runners
+from vllm_epdp.errors import EpdpError
 from vllm_epdp.series import load_series
 
 
@@ -68,3 +69,90 @@ def test_uncovered_names_patches_that_miss_the_runner():
     only_v1 = dataclasses.replace(padding, headers={**padding.headers, "Model runners": "V1"})
     (line,) = runners.uncovered([only_v1], v2)
     assert line.startswith("0008 covers model runner V1 only; this vLLM runs V2")
+
+
+def _vllm_tree(root, with_v1: bool):
+    """A vllm/ package with or without Model Runner V1's file (0.34.0 deleted it)."""
+    (root / "vllm" / "v1" / "worker" / "gpu").mkdir(parents=True)
+    (root / "vllm" / "__init__.py").write_text("")
+    (root / "vllm" / "v1" / "worker" / "gpu" / "model_runner.py").write_text("")
+    if with_v1:
+        (root / "vllm" / "v1" / "worker" / "gpu_model_runner.py").write_text("")
+    return root / "vllm"
+
+
+def test_v1_is_read_off_the_files(tmp_path):
+    """A vLLM without V1 runs V2 whatever is asked: no VLLM_USE_V2_MODEL_RUNNER
+    (0.34.0 raises on 0, warns on 1), V1 refused with a one-line error, and the
+    pick needs no interpreter. With V1 the variable forces the choice as before."""
+    without = _vllm_tree(tmp_path / "034", with_v1=False)
+    env = {"PYTHONPATH": str(without.parent)}
+    assert runners.present(without) == ("V2",) and runners.available(env) == ["v2"]
+    assert runners.predict(env) == runners.Choice("V2", runners.NO_V1_WHY)
+    v2 = runners.runner_env("v2", env)
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in v2 and v2["TRITON_INTERPRET"] == "1"
+    with pytest.raises(EpdpError, match="Model Runner V1 is not in this vLLM"):
+        runners.runner_env("v1", env)
+    with_v1 = _vllm_tree(tmp_path / "033", with_v1=True)
+    env = {"PYTHONPATH": str(with_v1.parent)}
+    assert runners.present(with_v1) == ("V1", "V2") and runners.available(env) == ["v1", "v2"]
+    assert runners.runner_env("v1", env)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    # A tree that is neither (no V2 runner file either) is not taken for V1-less.
+    (without / runners.V2_RUNNER_FILE).unlink()
+    assert runners.has_v1(without)
+
+
+def test_runner_in_logs_without_the_v2_line(tmp_path):
+    """0.34.0 logs no "Using V2 Model Runner": its engine's version says V2."""
+    log = tmp_path / "rank0.log"
+    log.write_text("INFO ... Initializing a V1 LLM engine (v0.34.0) with config: ...\n")
+    assert runners.runner_in_logs([log]) == "V2"
+    log.write_text("INFO ... Initializing a V1 LLM engine (v0.32.0+cpu) with config: ...\n")
+    assert runners.runner_in_logs([log]) == "V1"
+    log.write_text(log.read_text() + f"INFO ... {runners.V2_LOG_LINE}\n")
+    assert runners.runner_in_logs([log]) == "V2"
+    log.write_text("nothing started\n")
+    assert runners.runner_in_logs([log]) is None
+
+
+def test_standalone_cpu_runner_is_v2():
+    """0.34.0's Triton-free runner for non-x86 CPUs derives from no GPUModelRunner."""
+    cls = type("StandaloneCPUModelRunner", (), {"__module__": "vllm.v1.worker.cpu.standalone_model_runner"})
+    assert runners.runner_of(cls) == "V2"
+
+
+def test_a_v1_part_protects_nothing_without_v1(tmp_path):
+    """A runner-level patch whose header names V1 (a 0.33.0 patch forced onto
+    0.34.0) is not reported as protecting V1 where there is none."""
+    padding = [p for p in load_series("0.33.0") if p.number == "0008"][0]
+    without = _vllm_tree(tmp_path / "034", with_v1=False)
+    assert runners.protected(padding, without) == ("V2",)
+    (line,) = runners.absent_runners([padding], without)
+    assert line == ("0008 names model runner V1 in its header, which this vLLM does not have: it protects V2 only")
+    only_v1 = dataclasses.replace(padding, headers={**padding.headers, "Model runners": "V1"})
+    assert runners.protected(only_v1, without) == ()
+    assert runners.absent_runners([only_v1], without)[0].endswith("it protects no runner here")
+    with_v1 = _vllm_tree(tmp_path / "033", with_v1=True)
+    assert runners.protected(padding, with_v1) == ("V1", "V2") and runners.absent_runners([padding], with_v1) == []
+    # The 0.34.0 series names only the runner 0.34.0 has.
+    assert [p.model_runners for p in load_series("0.34.0") if p.model_runners] == [("V2",), ("V2",)]
+
+
+def test_verify_plans_the_runners_the_vllm_has(tmp_path, monkeypatch):
+    """verify's default (--runner both) is every runner this vLLM has: V2
+    alone on a vLLM without V1, where --runner v1 is refused up front."""
+    import argparse
+
+    from vllm_epdp.verify import args as verify_args
+
+    def plan(*argv):
+        parser = argparse.ArgumentParser()
+        verify_args.add_arguments(parser)
+        return verify_args.make_plan(parser.parse_args(list(argv)))
+
+    monkeypatch.setenv("PYTHONPATH", str(_vllm_tree(tmp_path / "034", with_v1=False).parent))
+    assert {c.runner for c in plan().configs} == {"v2"}
+    with pytest.raises(EpdpError, match="--runner v1 cannot run"):
+        plan("--runner", "v1")
+    monkeypatch.setenv("PYTHONPATH", str(_vllm_tree(tmp_path / "033", with_v1=True).parent))
+    assert {c.runner for c in plan().configs} == {"v1", "v2"}

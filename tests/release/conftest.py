@@ -1,12 +1,16 @@
-"""Fixtures for the tests of a series on a release nobody here has installed.
+"""Fixtures for the tests of a series on a release nobody here has installed
+(release_trees.RELEASES: 0.33.0, and 0.34.0, the release without Model Runner
+V1). Tests that take ``version`` run once per release.
 
-release_033     directory of vLLM 0.33.0's sdist unpacked (vllm/, pyproject.toml,
-                tests/): fetched from PyPI by vllm_epdp.releases the first time
-                (47 MB download, 150 MB unpacked, ~10 s), then read from the cache
-                (releases/ of vllm_epdp.cache's directory); never written.
-                The only network use of these tests.
-tree_033        (pristine, patched): copies of its vllm/ package, one as
-                released, one with the whole 0.33.0 series applied by the
+version         the release, one of RELEASES (the test's id says which)
+release_root    directory of that release's sdist unpacked (vllm/,
+                pyproject.toml, tests/): fetched from PyPI by
+                vllm_epdp.releases the first time (47-51 MB download, ~10 s
+                each), then read from the cache (releases/ of
+                vllm_epdp.cache's directory); never written. The only network
+                use of these tests.
+trees           (pristine, patched): copies of its vllm/ package, one as
+                released, one with the release's whole series applied by the
                 tool; importable with PYTHONPATH=<dir> (no compiled kernels).
 """
 
@@ -20,22 +24,21 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tool")]  # release_trees, tool_helpers
 
-from release_trees import RELEASE, copy_package  # noqa: E402
+from release_trees import RELEASES, release_trees  # noqa: E402
 
-from vllm_epdp import patching, releases  # noqa: E402
-from vllm_epdp.series import load_series  # noqa: E402
-from vllm_epdp.target import Target  # noqa: E402
+from vllm_epdp import releases  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def release_033() -> Path:
-    return releases.unpacked(RELEASE)
+@pytest.fixture(scope="session", params=RELEASES)
+def version(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def tree_033(release_033, tmp_path_factory) -> tuple[Path, Path]:
-    pristine = copy_package(release_033, tmp_path_factory.mktemp("pristine-033"))
-    patched = copy_package(release_033, tmp_path_factory.mktemp("patched-033"))
-    target = Target(kind="checkout", root=patched, version=RELEASE)
-    patching.apply(target, load_series(RELEASE), log=lambda line: None)
-    return pristine, patched
+def release_root(version) -> Path:
+    return releases.unpacked(version)
+
+
+@pytest.fixture(scope="session")
+def trees(version, tmp_path_factory) -> tuple[Path, Path]:
+    return release_trees(version, tmp_path_factory)

@@ -1,27 +1,32 @@
-"""The series' pure-Python pieces run on vLLM 0.33.0's own Python files (no
-0.33.0 CPU build exists, so no compiled kernels: vllm._C is missing and
-VLLM_TARGET_DEVICE=cpu picks the CPU platform). Each check runs on the tree
-with the 0.33.0 series and on the tree as released; the released tree must
-show the known failure. What needs kernels or engines (the MoE kernel, the
-collectives through vLLM's groups, the e2e runs) is tested on 0.32.0 only."""
+"""The series' pure-Python pieces run on each release's own Python files
+(0.33.0, 0.34.0: no CPU build of them exists here, so no compiled kernels:
+vllm._C is missing and VLLM_TARGET_DEVICE=cpu picks the CPU platform). Each
+check runs on the tree with that release's series and on the tree as
+released; the released tree must show the known failure. What needs kernels
+or engines (the MoE kernel, the collectives through vLLM's groups, the e2e
+runs) is tested on 0.32.0 only."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from release_trees import release_trees
 
+from vllm_epdp.ranks import run_ranks
 from vllm_epdp.series import load_series
 
 pytestmark = pytest.mark.timeout(300)
 
 HERE = Path(__file__).resolve().parent
 UNITS_WORKER = HERE / "workers" / "units_worker.py"
-ASYNC_WORKER = HERE.parent / "runner" / "workers" / "async_config_worker.py"
+RUNNER_WORKERS = HERE.parent / "runner" / "workers"
+ASYNC_WORKER = RUNNER_WORKERS / "async_config_worker.py"
 
 
 def env_for(tree: Path) -> dict:
@@ -56,10 +61,17 @@ def run_workers(script: Path, trees: dict[str, Path], tmp: Path, *args: str) -> 
     return results
 
 
-@pytest.fixture(scope="module")
-def units(tree_033, tmp_path_factory):
-    pristine, patched = tree_033
-    return run_workers(UNITS_WORKER, {"pristine": pristine, "patched": patched}, tmp_path_factory.mktemp("units"))
+_UNITS: dict[str, dict] = {}
+
+
+@pytest.fixture
+def units(version, trees, tmp_path_factory):
+    """The units worker's results on (pristine, patched), once per release."""
+    if version not in _UNITS:
+        pristine, patched = trees
+        tmp = tmp_path_factory.mktemp(f"units-{version}")
+        _UNITS[version] = run_workers(UNITS_WORKER, {"pristine": pristine, "patched": patched}, tmp)
+    return _UNITS[version]
 
 
 def missing(result: dict) -> bool:
@@ -99,10 +111,10 @@ def test_offline_dp_wave_stays_open_while_batch_is_sent(units):
     assert missing(units["pristine"]["offline_dp_wave"])
 
 
-def test_async_scheduling_decision(tree_033, tmp_path):
-    """Patch 0011 in 0.33.0's VllmConfig, the same worker as on 0.32.0
+def test_async_scheduling_decision(trees, tmp_path):
+    """Patch 0011 in the release's VllmConfig, the same worker as on 0.32.0
     (tests/runner/test_async_scheduling.py), CUDA-like decision."""
-    pristine, patched = tree_033
+    pristine, patched = trees
     d = run_workers(ASYNC_WORKER, {"pristine": pristine, "patched": patched}, tmp_path, "cuda-like")
     case = d["patched"]["ep_dp2_default"]
     assert case["async_scheduling"] is False
@@ -121,7 +133,7 @@ def test_async_scheduling_decision(tree_033, tmp_path):
     assert [m for level, m in d["pristine"]["ep_dp2_explicit"]["log"] if level == "WARNING"] == []
 
 
-def test_packed_core_is_the_tested_one(repo_root):
+def test_packed_core_is_the_tested_one(version, repo_root):
     """The core 0002 creates is byte for byte the one tests/collectives run on
     gloo (they materialise it from the 0.32.0 patch): what they show holds."""
     core = "vllm/distributed/device_communicators/packed_collectives.py"
@@ -131,23 +143,61 @@ def test_packed_core_is_the_tested_one(repo_root):
         text = p.path.read_text()
         return text[text.index("diff --git") :]  # the header differs: Tested by, Rebased
 
-    assert created("0.33.0") == created("0.32.0")
+    assert created(version) == created("0.32.0")
 
 
-def test_v2_dp_sync_pads_under_ep(tree_033, tmp_path):
-    """Both runners' DP syncs on 0.33.0's own Python, 2 gloo ranks (the
-    worker of tests/runner/test_dp_padding.py): with the series every rank
-    runs the DP-wide count under EP; as released, each its own."""
-    from vllm_epdp.ranks import run_ranks
-
-    worker = Path(__file__).parents[1] / "runner" / "workers" / "dp_padding_worker.py"
-
+def test_v2_dp_sync_pads_under_ep(version, trees, tmp_path):
+    """Both DP syncs of the release's own Python, 2 gloo ranks (the worker
+    of tests/runner/test_dp_padding.py): with the series every rank runs the
+    DP-wide count under EP in V2's sync; as released, each its own. V1's
+    sync (v1/worker/dp_utils.py) pads too up to 0.33.0; 0.34.0 has no V1
+    runner, and the callers left (the non-x86 StandaloneCPUModelRunner,
+    set_forward_context's fallback) run their own row count: there the
+    series leaves it unpadded (0008's Rebased: paragraph)."""
     steps = [[37, 1], [1, 512], [5, 5]]
-    for name, tree in zip(("pristine", "patched"), tree_033):
-        run = run_ranks(worker, 2, tmp_path / name, env=env_for(tree), timeout_s=240)
+    for name, tree in zip(("pristine", "patched"), trees):
+        run = run_ranks(RUNNER_WORKERS / "dp_padding_worker.py", 2, tmp_path / name, env=env_for(tree), timeout_s=240)
         assert run.ok, run.describe()
         for rank, r in enumerate(run.results):
+            padded = [[max(c), [max(c)] * 2] for c in steps]
+            unpadded = [[c[rank], c] for c in steps]
+            assert r["v2_ep"] == (padded if name == "patched" else unpadded), name
+            v1_pads = name == "patched" and version != "0.34.0"
+            assert r["v1_ep"] == (padded if v1_pads else unpadded), name
             for runner in ("v1", "v2"):
-                want = [[max(c), [max(c)] * 2] for c in steps] if name == "patched" else [[c[rank], c] for c in steps]
-                assert r[f"{runner}_ep"] == want, (name, runner)
-                assert r[f"{runner}_no_ep"] == [[c[rank], c] for c in steps], (name, runner)
+                assert r[f"{runner}_no_ep"] == unpadded, (name, runner)
+
+
+def test_v2_dp_sync_pads_with_a_dead_rank(tmp_path_factory, tmp_path):
+    """0.34.0's DPSyncState under fault tolerance, 3 gloo ranks, DP rank 2
+    dead (its column dropped by copying): with the series, the live ranks
+    run the live maximum and DPSyncState says so for every slot, as before
+    the failure. As released, each runs its own count. With 0008 as written
+    for 0.33.0 (the pad written into num_tokens_across_dp, the live ranks'
+    copy), the step runs the maximum but DPSyncState keeps the unpadded
+    counts, which DPMetadata.make rejects: the reason 0008 changed."""
+    pristine, patched = release_trees("0.34.0", tmp_path_factory)
+    as_for_033 = tmp_path / "as-for-0.33.0"
+    shutil.copytree(patched / "vllm", as_for_033 / "vllm")
+    dp_utils = as_for_033 / "vllm" / "v1" / "worker" / "gpu" / "dp_utils.py"
+    text = dp_utils.read_text()
+    fixed, as_written = "num_tokens_across_dp_full[:] = num_tokens\n", "num_tokens_across_dp[:] = num_tokens\n"
+    assert text.count(fixed) == 1
+    dp_utils.write_text(text.replace(fixed, as_written))
+
+    live = (0, 1)
+    alive = [[37, 1, 5], [1, 512, 3]]
+    dead = [[37, 1, 0], [1, 512, 0]]
+    got = {}
+    for name, tree in (("pristine", pristine), ("patched", patched), ("as_for_033", as_for_033)):
+        run = run_ranks(
+            RUNNER_WORKERS / "dp_sync_dead_rank_worker.py", 3, tmp_path / name, env=env_for(tree), timeout_s=240
+        )
+        assert run.ok, run.describe()
+        got[name] = {rank: run.results[rank] for rank in live}
+    for rank in live:
+        assert got["patched"][rank]["alive"] == [[max(c), [max(c)] * 3] for c in alive]
+        assert got["patched"][rank]["dead_rank"] == [[max(c), [max(c)] * 3] for c in dead]
+        assert got["pristine"][rank]["dead_rank"] == [[c[rank], c] for c in dead]
+        assert got["as_for_033"][rank]["alive"] == got["patched"][rank]["alive"]
+        assert got["as_for_033"][rank]["dead_rank"] == [[max(c), c] for c in dead]

@@ -64,7 +64,7 @@ def test_repository_series_is_well_formed(monkeypatch):
     """The project's own series, every version: every patch parses, has all
     header fields, and names test node ids that exist as files."""
     monkeypatch.delenv("VLLM_EPDP_PATCHES", raising=False)
-    assert {"0.32.0", "0.33.0"} <= set(series.supported_versions())
+    assert {"0.32.0", "0.33.0", "0.34.0"} <= set(series.supported_versions())
     root = series.patches_root().parent
     for version in series.supported_versions():
         for patch in series.load_series(version):
@@ -73,12 +73,17 @@ def test_repository_series_is_well_formed(monkeypatch):
                 assert (root / node.split("::")[0]).is_file(), f"{version} {patch.name}: Tested by {node}: no such file"
 
 
-def test_0_33_0_tested_by_names_existing_tests(monkeypatch):
-    """The 0.33.0 headers name test functions, not only files: each exists."""
+@pytest.mark.parametrize("version", ["0.33.0", "0.34.0"])
+def test_tested_by_names_existing_tests(monkeypatch, version):
+    """The 0.33.0 and 0.34.0 headers name test functions, not only files: each
+    exists (a parametrized one as name[id]: the release it runs on)."""
     monkeypatch.delenv("VLLM_EPDP_PATCHES", raising=False)
     root = series.patches_root().parent
-    for patch in series.load_series("0.33.0"):
+    for patch in series.load_series(version):
         for node in patch.tested_by:
             path, _, name = node.partition("::")
+            name, _, param = name.partition("[")
             if name:
                 assert f"def {name}(" in (root / path).read_text(), f"{patch.name}: no test {node}"
+            if param:
+                assert param == f"{version}]", f"{patch.name}: {node} runs on another release"

@@ -28,7 +28,20 @@ def git_apply(root: Path, patch: Patch, reverse: bool = False, check: bool = Fal
         args.append("--check")
     r = run_git([*args, str(patch.path)], cwd=root, env=git_env(root))
     output = r.stdout + r.stderr
-    return GitResult(r.returncode == 0, [] if r.returncode == 0 else _problems(patch, output, reverse), output)
+    if r.returncode == 0:
+        return GitResult(True, [], output)
+    return GitResult(False, _every_problem(root, patch, reverse) or _problems(patch, output, reverse), output)
+
+
+def _every_problem(root: Path, patch: Patch, reverse: bool) -> list[str]:
+    """Every hunk of ``patch`` that does not apply. A failing `git apply`
+    names only the first failing hunk of each file; with --reject it goes on
+    through every hunk, and with --check it writes nothing (no file, no
+    .rej)."""
+    args = ["apply", "-p1", "-v", "--check", "--reject", *(["-R"] if reverse else []), str(patch.path)]
+    r = run_git(args, cwd=root, env=git_env(root))
+    found = _problems(patch, r.stdout + r.stderr, reverse, fallback=False)
+    return list(dict.fromkeys(found))  # once each, in git's order
 
 
 def git_env(root: Path) -> dict:
@@ -40,7 +53,7 @@ def git_env(root: Path) -> dict:
     return env
 
 
-def _problems(patch: Patch, output: str, reverse: bool) -> list[str]:
+def _problems(patch: Patch, output: str, reverse: bool, fallback: bool = True) -> list[str]:
     problems = []
     for line in output.splitlines():
         m = re.match(r"^error: patch failed: (.+):(\d+)$", line)
@@ -56,7 +69,9 @@ def _problems(patch: Patch, output: str, reverse: bool) -> list[str]:
             continue
         if line.startswith("error: ") and not line.endswith((": patch does not apply", "while searching for:")):
             problems.append(line[len("error: ") :])
-    return problems or [output.strip().splitlines()[-1] if output.strip() else "git apply failed"]
+    if problems or not fallback:
+        return problems
+    return [output.strip().splitlines()[-1] if output.strip() else "git apply failed"]
 
 
 def all_files(patches: Iterable[Patch]) -> list[str]:

@@ -90,7 +90,9 @@ def commit_kit(
             )
     nodes = place(kit, release, release_root, repo)
     add_ci_line(repo, kit)
-    problems = patch_lint.findings_added(repo, [t.path for t in kit.tests], release_root)
+    problems = patch_lint.findings_added(
+        repo, [t.path for t in kit.tests], release_root, patch_lint.release_ruff(release_root)
+    )
     if problems:
         raise CheckFailed(
             f"kit {kit.name}'s tests do not pass vLLM {release}'s ruff settings: " + "; ".join(problems[:5])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vllm_epdp import runners
 from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.verify import compare
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "v1", "v2", "both"),
         help="model runner: vLLM's own pick (auto), V1, V2 (Model Runner V2, vLLM's default on XPU and NVIDIA; "
         "on CPU through Triton's interpreter: slow per step) or both, each against its own DP=1 reference "
-        "(default: both for the tiny models, auto with --model)",
+        "(default: both for the tiny models, auto with --model). vLLM 0.34.0 has no V1: both is V2 there",
     )
     hw.add_argument(
         "--launcher",
@@ -101,5 +102,9 @@ def make_plan(args) -> plan_mod.Plan:
         }
         configs = plan_mod.embedded_configs()
     runner = args.runner or ("auto" if args.model else "both")
-    configs = plan_mod.for_runners(configs, ["v1", "v2"] if runner == "both" else [runner])
+    # "both" is every runner this vLLM has: V2 alone from 0.34.0 on (no V1).
+    have = runners.available()
+    if runner not in ("auto", "both") and runner not in have:
+        raise EpdpError(f"{runners.NO_V1_WHY}: --runner {runner} cannot run; use --runner v2, auto or both")
+    configs = plan_mod.for_runners(configs, have if runner == "both" else [runner])
     return plan_mod.select(models, configs, args.scenario, args.all)

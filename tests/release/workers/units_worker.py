@@ -1,5 +1,5 @@
 """Run the series' pure-Python pieces on the vLLM tree first on PYTHONPATH
-(0.33.0's own Python files, no compiled kernels) and write what they did as
+(a release's own Python files, 0.33.0 or 0.34.0, no compiled kernels) and write what they did as
 JSON to $EPDP_RESULT. A piece missing from the tree (pristine) is reported as
 its error, so the caller can tell "not there" from "wrong"."""
 
@@ -90,8 +90,10 @@ def _():
     client._send_input = lambda kind, request: calls.append(("send", str(kind)))
     client.call_utility = lambda method, *args: calls.append(("utility", method))
     client.outputs_queue = queue.Queue()
-    client.add_request(object())
-    client.add_request(object())
+    # 0.34.0 sends a copy with the prompt ids packed (_with_packed_prompt),
+    # which reads them: none here.
+    client.add_request(SimpleNamespace(prompt_token_ids=None))
+    client.add_request(SimpleNamespace(prompt_token_ids=None))
     for _ in range(2):
         client.outputs_queue.put(core.EngineCoreOutputs())
         client.get_output()

@@ -30,6 +30,11 @@ logging.getLogger("vllm").addHandler(Keep(level=logging.INFO))
 logging.getLogger("vllm").setLevel(logging.INFO)
 
 if platform == "cuda-like":
+    # A CUDA/XPU host has Triton. (0.34.0's CPU platform refuses to configure
+    # an x86 CPU without it; the CPU flow below keeps that check.)
+    import vllm.triton_utils
+
+    vllm.triton_utils.HAS_TRITON = True
     original = type(current_platform).check_and_update_config
 
     def keep_async_decision(cls, vllm_config):
@@ -56,7 +61,8 @@ for name, case in CASES.items():
     sc = SchedulerConfig(max_model_len=2048, is_encoder_decoder=False, async_scheduling=case["async_"])
     config = VllmConfig(parallel_config=pc, scheduler_config=sc)
     result[name] = {
-        "use_v2_model_runner": config.use_v2_model_runner,
+        # 0.34.0 has no V1 and no such field: V2 is all there is.
+        "use_v2_model_runner": getattr(config, "use_v2_model_runner", True),
         "async_scheduling": config.scheduler_config.async_scheduling,
         "disable_nccl_for_dp_sync": config.parallel_config.disable_nccl_for_dp_synchronization,
         "log": [(r.levelname, r.getMessage()) for r in records if "sync scheduling" in r.getMessage()],

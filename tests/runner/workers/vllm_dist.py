@@ -4,15 +4,27 @@ torchrun way (external_launcher), so no engine is needed."""
 
 import json
 import os
+from pathlib import Path
 
+import vllm
 from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
 from vllm.distributed.parallel_state import (
     init_distributed_environment,
     initialize_model_parallel,
 )
 
+from vllm_epdp import runners
+
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
+
+
+if not runners.has_v1(Path(vllm.__file__).parent):
+    # 0.34.0 on: the x86 CPU platform refuses to configure without Triton
+    # (CPUModelRunner needs it); these ranks build no runner and run no kernel.
+    import vllm.triton_utils
+
+    vllm.triton_utils.HAS_TRITON = True
 
 
 def init(enable_expert_parallel: bool = True, **parallel_kwargs) -> VllmConfig:
