@@ -16,11 +16,13 @@ ends every Ray process of the machine, other people's clusters included. Here:
   descendants (procs makes us a subreaper, so they stay ours even when Ray
   detaches them), and stopping kills exactly them: SIGTERM to `ray start
   --block` (which then stops its daemons), then the whole group.
-- ``--temp-dir`` is a directory of the caller's (a test's tmp_path), so
-  sessions, logs and sockets are removed with it. Unix socket paths are
-  limited to 107 bytes and Ray puts sockets several levels deep, so the
-  directory is a short one made inside the caller's and named in
-  ``RayCluster.temp_dir``; too long a path is an error saying so.
+- Ray's temp dir (sessions, logs, the object store's socket) is a new
+  directory inside the caller's (a test's tmp_path), so it goes with it.
+  Unix socket paths are limited to 107 bytes and Ray puts its socket ~62
+  bytes below the temp dir; where the caller's path is too long, Ray is
+  given a short symbolic link to it in the system temp dir instead
+  (``epdp-ray-<pid>-*``), removed when the cluster stops (and, after a run
+  killed with SIGKILL, by the next cluster: the pid is gone).
 - A fixed logical CPU count (``num_cpus``), independent of the machine:
   Ray's CPUs are only what placement groups count (vLLM on CPU asks one per
   worker and one per DP engine, patch 0015), not cores.
@@ -57,6 +59,7 @@ STOP_GRACE_S = 15.0
 # AF_UNIX paths are at most 107 bytes; Ray adds
 # "/session_YYYY-MM-DD_HH-MM-SS_UUUUUU_PID/sockets/plasma_store" (~63).
 MAX_TEMP_DIR_LEN = 40
+LINK_PREFIX = "epdp-ray-"
 
 
 Wrap = Callable[[list[str]], list[str]]
@@ -69,6 +72,7 @@ class RayNode:
     group: procs.ProcGroup
     log: Path
     wrap: Wrap | None = None  # how its commands run (e.g. inside a namespace)
+    link: Path | None = None  # the short link Ray was given to its temp dir
 
 
 @dataclasses.dataclass
@@ -102,18 +106,28 @@ def ray_executable() -> str:
     return str(here)
 
 
-def short_temp_dir(parent: Path) -> Path:
-    """A new directory inside ``parent`` whose path is short enough for
-    Ray's socket paths."""
+def temp_dir(parent: Path) -> tuple[Path, Path | None]:
+    """A new directory inside ``parent`` for Ray, and the path to give Ray:
+    the directory itself, or a short link to it (returned second, for
+    removal) when its path is too long for Ray's socket paths."""
     parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="r", dir=parent))
-    if len(str(path)) > MAX_TEMP_DIR_LEN:
-        path.rmdir()
-        raise EpdpError(
-            f"Ray's temp dir {path} is too long for its socket paths ({len(str(path))} > {MAX_TEMP_DIR_LEN} "
-            "characters): give the Ray cluster a shorter directory"
-        )
-    return path
+    path = Path(tempfile.mkdtemp(prefix="ray-", dir=parent))
+    if len(str(path)) <= MAX_TEMP_DIR_LEN:
+        return path, None
+    _remove_dead_links()
+    link = Path(tempfile.mkdtemp(prefix=f"{LINK_PREFIX}{os.getpid()}-"))
+    link.rmdir()  # the name only: a link takes its place
+    link.symlink_to(path, target_is_directory=True)
+    return path, link
+
+
+def _remove_dead_links() -> None:
+    """Links of clusters whose process no longer exists (killed with SIGKILL)."""
+    for link in Path(tempfile.gettempdir()).glob(f"{LINK_PREFIX}*"):
+        pid = link.name[len(LINK_PREFIX) :].split("-")[0]
+        if link.is_symlink() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                link.unlink()
 
 
 def node_argv(
@@ -199,6 +213,13 @@ def _stop_node(node: RayNode) -> None:
     while node.group.members() and time.monotonic() < deadline:
         time.sleep(0.3)
     node.group.close()
+    _unlink(node.link)
+
+
+def _unlink(link: Path | None) -> None:
+    if link is not None:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
 
 
 def join(
@@ -211,11 +232,16 @@ def join(
 ) -> RayNode:
     """Start a node that joins ``cluster`` (at ``node_ip``, run through
     ``wrap``, e.g. inside a network namespace) and wait until it is live."""
-    temp = short_temp_dir(cluster.temp_dir.parent)
-    log = temp.parent / f"ray-{label}.log"
-    argv = node_argv(cluster.num_cpus, node_ip, temp, head=cluster.address)
-    group = _start_node(label, argv, dict(env if env is not None else cluster.env), log, deadline_s, wrap)
-    node = RayNode(label, node_ip, group, log, wrap)
+    workdir = cluster.temp_dir.parent
+    temp, link = temp_dir(workdir)
+    log = workdir / f"ray-{label}.log"
+    argv = node_argv(cluster.num_cpus, node_ip, link or temp, head=cluster.address)
+    try:
+        group = _start_node(label, argv, dict(env if env is not None else cluster.env), log, deadline_s, wrap)
+    except BaseException:
+        _unlink(link)
+        raise
+    node = RayNode(label, node_ip, group, log, wrap, link)
     cluster.nodes.append(node)
     _wait_nodes(cluster, len(cluster.nodes), START_LIMIT_S)
     return node
@@ -239,12 +265,17 @@ def cluster(
     # does not register stays as it is.
     base["RAY_USAGE_STATS_ENABLED"] = "0"
     base.pop("RAY_ADDRESS", None)
-    temp = short_temp_dir(Path(workdir))
+    temp, link = temp_dir(Path(workdir))
     port = free_port()
-    log = temp.parent / "ray-head.log"
-    argv = node_argv(num_cpus, node_ip, temp, head_port=port)
-    group = _start_node("head", argv, base, log, deadline_s, wrap)
-    ray = RayCluster(f"{node_ip}:{port}", temp, num_cpus, [RayNode("head", node_ip, group, log, wrap)], base)
+    log = Path(workdir) / "ray-head.log"
+    argv = node_argv(num_cpus, node_ip, link or temp, head_port=port)
+    try:
+        group = _start_node("head", argv, base, log, deadline_s, wrap)
+    except BaseException:
+        _unlink(link)
+        raise
+    head = RayNode("head", node_ip, group, log, wrap, link)
+    ray = RayCluster(f"{node_ip}:{port}", temp, num_cpus, [head], base)
     try:
         _wait_nodes(ray, 1, START_LIMIT_S)
         yield ray
