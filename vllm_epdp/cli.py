@@ -142,6 +142,17 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         from vllm_epdp import fuzz as fuzz_module
 
         fuzz_module.add_arguments(fuzz)
+
+    from vllm_epdp import upstream
+
+    upstream_cmd = sub.add_parser(
+        "upstream",
+        help="write one patch as a pull request kit for vLLM (commit, test, description, issue)",
+        description=upstream.DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    upstream.add_arguments(upstream_cmd)
     return parser
 
 
@@ -156,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             from vllm_epdp import fuzz as fuzz_module
 
             return fuzz_module.run(args)
+        if args.command == "upstream":
+            from vllm_epdp import upstream
+
+            return upstream.run(args)
         if args.command == "ledger":
             from vllm_epdp import ledger
 

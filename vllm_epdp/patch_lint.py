@@ -116,6 +116,27 @@ def _scratch_tree(release_root: Path, patches: list[Patch], dest: Path) -> None:
             raise CheckFailed(f"the release has no {rel}, which the series patches: the series does not fit it")
 
 
+def findings_added(root: Path, files: list[str], before_root: Path) -> list[str]:
+    """ruff findings and format problems in ``files`` (paths relative to
+    ``root``, linted under root's pyproject.toml) that the same paths under
+    ``before_root`` (e.g. the release's tree) do not have: what a change to
+    those files adds, as vLLM's pre-commit would see it."""
+    before = [f for f in files if (before_root / f).is_file()]
+    old_rules = _by_rule(_check(before_root, before)) if before else collections.Counter()
+    old_unformatted = _unformatted(before_root, before) if before else set()
+    new = _check(root, files)
+    grown = _by_rule(new) - old_rules
+    found = [
+        f"{path}:{row}:{col}: {code} {message}"
+        for (path, code, message, row, col), _n in sorted(new.items())
+        if grown[(path, code, message)] > 0
+    ]
+    found += [
+        f"{path}: would be reformatted (ruff format)" for path in sorted(_unformatted(root, files) - old_unformatted)
+    ]
+    return found
+
+
 def lint_series(version: str, release_root: Path | None = None) -> list[Finding]:
     """Findings each patch of ``version``'s series adds, patch by patch."""
     release_root = release_root or releases.unpacked(version)

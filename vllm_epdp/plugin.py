@@ -14,6 +14,9 @@ Switches (environment variables, read once per process):
                            wrote shows up as NaN instead of depending on what
                            the allocator hands out. Uses torch's deterministic
                            mode (warn_only: no op is refused), so it is slower.
+  VLLM_EPDP_ASYNC_PROBE=DIR  count the engine core's synchronous and batch-queue
+                           steps and how many overlapped: whether async
+                           scheduling really ran (vllm_epdp/async_probe.py)
 """
 
 import os
@@ -30,6 +33,10 @@ def register() -> None:
         from vllm_epdp import nan_watch
 
         nan_watch.install(os.environ["VLLM_EPDP_NAN_WATCH"])
+    if os.environ.get("VLLM_EPDP_ASYNC_PROBE"):
+        from vllm_epdp import async_probe
+
+        async_probe.install(os.environ["VLLM_EPDP_ASYNC_PROBE"])
 
 
 def fill_uninitialized_with_nan() -> None:

@@ -60,6 +60,9 @@ class Deployment:
     # Force a KV cache this small (blocks per rank) so that preemption must
     # happen under load; None: vLLM sizes it from VLLM_CPU_KVCACHE_SPACE.
     num_kv_blocks: int | None = None
+    # True/False: --async-scheduling / --no-async-scheduling; None: vLLM's
+    # default (off on CPU, on elsewhere unless a patch or option says otherwise).
+    async_scheduling: bool | None = None
     extra_args: tuple[str, ...] = ()
     # Ray topologies: "v2" (RayExecutorV2, vLLM 0.32.0's default) or
     # "legacy" (RayDistributedExecutor: VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0).
@@ -68,7 +71,8 @@ class Deployment:
     def describe(self) -> str:
         parts = [f"DP={self.dp}", f"TP={self.tp}"] + (["EP"] if self.ep else [])
         ray = f" executor={self.ray_executor}" if self.topology in RAY_TOPOLOGIES else ""
-        return f"{'+'.join(parts)} {self.topology}{ray} runner={self.runner}"
+        asked = "" if self.async_scheduling is None else f" async={'on' if self.async_scheduling else 'off'}"
+        return f"{'+'.join(parts)} {self.topology}{ray} runner={self.runner}{asked}"
 
     def serve_args(self) -> list[str]:
         """The `vllm serve` arguments every topology shares."""
@@ -85,6 +89,8 @@ class Deployment:
             args.append("--enable-expert-parallel")
         if self.num_kv_blocks is not None:
             args += ["--num-gpu-blocks-override", str(self.num_kv_blocks)]
+        if self.async_scheduling is not None:
+            args.append("--async-scheduling" if self.async_scheduling else "--no-async-scheduling")
         return args + list(self.extra_args)
 
     def one_host_argv(self, port: int) -> list[str]:

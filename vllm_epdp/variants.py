@@ -29,12 +29,7 @@ def overlay_without(*numbers: str) -> Path:
     (several when later patches build on an earlier one's lines: they are
     taken out last first)."""
     patches = load_series(detect_installed().version)
-    chosen = []
-    for number in numbers:
-        matches = [p for p in patches if p.name.startswith(f"{number}-")]
-        if len(matches) != 1:
-            raise EpdpError(f"patch {number} is not (exactly once) in the series")
-        chosen.append(matches[0])
+    chosen = [_one(patches, number) for number in numbers]
     chosen.sort(key=patches.index, reverse=True)
     label = "-".join(sorted(numbers))
     patched = overlay.make_overlay(state="patched")
@@ -66,6 +61,42 @@ def overlay_without(*numbers: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return overlay.publish(tmp, final, {"variant": f"without {label}"})
+
+
+def overlay_only(*numbers: str) -> Path:
+    """PYTHONPATH entry for the release with only the patches NNNN-* named,
+    applied in series order (what an upstream pull request of those patches
+    would make of the release's files). A patch that needs an earlier one not
+    named -> EpdpError naming the hunk."""
+    patches = load_series(detect_installed().version)
+    chosen = [_one(patches, number) for number in numbers]
+    chosen.sort(key=patches.index)
+    label = "-".join(p.number for p in chosen)
+    pristine = overlay.make_overlay(state="pristine")
+    final = pristine.parent / f"{pristine.name}-only-{label}"
+    if (final / "vllm").is_dir() and overlay.built(final):
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-only-{label}-", dir=pristine.parent))
+    try:
+        overlay.copy_package(pristine / "vllm", tmp / "vllm")
+        for patch in chosen:
+            applied = git_apply(tmp, patch)
+            if not applied.ok:
+                raise EpdpError(
+                    f"{patch.number} does not apply to the release with only {label}: "
+                    f"{', '.join(applied.problems)} (it builds on a patch not named: name that one too)"
+                )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return overlay.publish(tmp, final, {"variant": f"only {label}"})
+
+
+def _one(patches, number: str):
+    matches = [p for p in patches if p.name.startswith(f"{number}-")]
+    if len(matches) != 1:
+        raise EpdpError(f"patch {number} is not (exactly once) in the series")
+    return matches[0]
 
 
 def overlay_with_edit(name: str, relpath: str, old: str, new: str) -> Path:

@@ -12,9 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from vllm_epdp import async_probe
 from vllm_epdp.fuzz import client, offline
 from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Request, Schedule
-from vllm_epdp.fuzz.strategies import Limits, schedules
+from vllm_epdp.fuzz.strategies import Limits, idle_phase, schedules
 from vllm_epdp.fuzz.verdict import TIE_LOGPROB, judge
 
 LIMITS = Limits(vocab_size=50, max_model_len=64, max_requests=6, max_new_tokens=8)
@@ -64,6 +65,32 @@ def test_offline_schedules_place_every_request_on_a_dp_rank(schedule):
     placed = sorted(q["id"] for wave in plan for rank in wave for q in rank)
     assert placed == list(range(len(schedule.requests)))  # every request once
     assert all(len(wave) == 2 for wave in plan)
+
+
+SERVING_DP2 = Limits(vocab_size=50, max_model_len=512, max_requests=8, max_new_tokens=8, pin_dp=2, max_long_tokens=120)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(idle_phase(SERVING_DP2, 1.0))
+def test_idle_phase_keeps_one_rank_decoding_and_wakes_the_other(requests):
+    """A long answer pinned to one DP rank, then one to three requests pinned
+    to the other, sent while the long one still decodes (well inside its
+    64+ steps at tens of ms each)."""
+    busy, *wakes = requests
+    assert busy.rank in (0, 1) and busy.at_s == 1.0
+    assert 64 <= busy.max_tokens <= SERVING_DP2.max_long_tokens
+    assert len(busy.prompt) + busy.max_tokens <= SERVING_DP2.max_model_len
+    assert 1 <= len(wakes) <= 3
+    for wake in wakes:
+        assert wake.rank == 1 - busy.rank and 1.2 <= wake.at_s <= 4.3
+        assert len(wake.prompt) + wake.max_tokens <= SERVING_DP2.max_model_len
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schedules(SERVING_DP2))
+def test_serving_schedules_pin_some_requests_to_a_dp_rank(schedule):
+    assert all(r.rank in (None, 0, 1) for r in schedule.requests)
+    assert len(schedule.requests) <= SERVING_DP2.max_requests
 
 
 def test_offline_waves_end_at_long_gaps_and_leave_ranks_idle():
@@ -118,6 +145,7 @@ class StandIn:
 
             def do_POST(self):
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.dp_ranks.append(self.headers.get("X-data-parallel-rank"))
                 if stall:
                     time.sleep(30)
                 ids = greedy(req["prompt"], req["max_tokens"], shift)
@@ -150,6 +178,7 @@ class StandIn:
                     outer.hangups += 1
 
         self.hangups = 0
+        self.dp_ranks: list[str | None] = []  # each request's X-data-parallel-rank header
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -184,6 +213,39 @@ def test_client_and_verdict_pass_a_right_server(stand_in):
     outcome = judge(SCHEDULE, answers, REFERENCE, [])
     assert outcome.ok, outcome.problems
     assert (outcome.requests, outcome.aborts, outcome.divergences) == (4, 1, 0)
+
+
+def test_a_pinned_request_names_its_dp_rank_and_the_reference_gets_none(stand_in):
+    client.run(stand_in.url, "m", Schedule((Request(0.0, (1,), 1, rank=1), Request(0.0, (2,), 1))), timeout_s=10)
+    assert sorted(stand_in.dp_ranks, key=str) == ["1", None]  # the header, only where pinned
+
+
+def test_async_probe_verdict(tmp_path):
+    """What the fuzzer and tests conclude from the engine cores' step counts."""
+
+    def engine(pid, sync, queued, overlapped, size):
+        data = dict(pid=pid, dp_rank=pid % 2, sync_steps=sync, queued_steps=queued, overlapped=overlapped,
+                    batch_queue_size=size)  # fmt: skip
+        (tmp_path / f"engine-{pid}.json").write_text(json.dumps(data))
+
+    assert async_probe.problems(tmp_path, expect_async=True) == [
+        f"no engine core stepped with the async probe on ({tmp_path})"
+    ]
+    engine(10, 0, 40, 12, 2)
+    engine(11, 0, 40, 0, 2)  # an idle rank (dummy batches only) never overlaps: one overlapping engine is enough
+    assert async_probe.problems(tmp_path, expect_async=True) == []
+    assert async_probe.problems(tmp_path, expect_async=False) == [
+        "engine core pid 10 (DP rank 0): 40 step(s) through a batch queue of 2",
+        "engine core pid 11 (DP rank 1): 40 step(s) through a batch queue of 2",
+    ]
+    engine(10, 0, 40, 0, 2)
+    assert async_probe.problems(tmp_path, expect_async=True) == [
+        "no engine core scheduled a step while another was executing: nothing was pipelined"
+    ]
+    engine(11, 25, 0, 0, 1)
+    assert async_probe.problems(tmp_path, expect_async=True) == [
+        "engine core pid 11 (DP rank 1): 25 synchronous step(s): async scheduling was not in effect"
+    ]
 
 
 def test_verdict_names_divergence_hang_and_ledger():

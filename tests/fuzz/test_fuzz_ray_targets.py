@@ -34,7 +34,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.full, pytest.mark.timeout(1500)]
     ],
 )
 def test_drawn_schedules_pass_on_ray(vllm_patched, tmp_path, target, runner, examples, seed):
-    report = fuzz.fuzz(target, runner, examples, seed, tmp_path, env=vllm_patched)
+    # vLLM 0.32.0 refuses async scheduling with the legacy Ray executor.
+    async_scheduling = "legacy" not in target
+    report = fuzz.fuzz(target, runner, examples, seed, tmp_path, env=vllm_patched, async_scheduling=async_scheduling)
     assert report.ok, fuzz.format_report(report)
     assert report.schedules >= examples and report.requests > 0
     assert report.runner_seen == runner.upper(), fuzz.format_report(report)

@@ -38,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what to fuzz: " + "; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()),
     )
     parser.add_argument("--runner", choices=("v1", "v2"), default="v1", help="model runner (V2: Triton interpreter)")
+    parser.add_argument(
+        "--async",
+        dest="async_scheduling",
+        choices=("on", "off"),
+        default="on",
+        help="async scheduling of the target (default on, as vLLM runs on XPU and NVIDIA; on CPU it needs "
+        "patch 0014). The fuzzer checks that the target's engine cores really pipelined (on) or did not (off); "
+        "the DP=1 reference runs vLLM's default either way",
+    )
     parser.add_argument("--examples", type=int, default=20, metavar="N", help="schedules to draw (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same schedules")
     parser.add_argument("--replay", metavar="FILE", help="run this saved schedule (JSON) instead of drawing")
@@ -50,10 +59,14 @@ class Report(Counts):
     target: str
     runner: str
     seed: int
+    async_scheduling: bool = True
     schedules: int = 0
     distinct: int = 0  # schedules not run before in this report (Hypothesis may run one again while it shrinks)
     restarts: int = 0
     runner_seen: str | None = None  # what the target's logs show ran ("V1", "V2"), not what was asked
+    # Steps the target's engine cores scheduled while another batch ran
+    # (vllm_epdp.async_probe): > 0 is what shows async scheduling really ran.
+    overlapped_steps: int = 0
     failures: list[dict] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
 
@@ -81,6 +94,9 @@ def _say(msg: str) -> None:
 # (`row_id.to(...)` on a Python int in _topk_topp_kernel): on CPU, V2 gets
 # n = 1 only. Compiled Triton on a GPU runs it.
 V2_CPU_MAX_N = 1
+# V2 steps through Triton's interpreter (~50 ms of overhead per step on 2
+# cores): its idle phases are shorter.
+V2_CPU_MAX_LONG_TOKENS = 96
 
 
 def _model_limits(model_dir: Path, runner: str, chosen):
@@ -95,6 +111,8 @@ def _model_limits(model_dir: Path, runner: str, chosen):
         max_n=max_n,
         kv_block_tokens=CPU_BLOCK_TOKENS if chosen.small_kv else None,
         offline_dp=chosen.dp if chosen.offline else None,
+        pin_dp=None if chosen.offline else chosen.dp,
+        max_long_tokens=V2_CPU_MAX_LONG_TOKENS if runner == "v2" else Limits.max_long_tokens,
     )
 
 
@@ -107,6 +125,7 @@ def fuzz(
     env: dict[str, str] | None = None,
     replay: Path | None = None,
     say=_say,
+    async_scheduling: bool = True,
 ) -> Report:
     """Run the schedules; return what happened (failures shrunk and saved)."""
     try:
@@ -130,7 +149,7 @@ def fuzz(
     cache = cache_root()
     model = tiny_models.build("qwen3-moe", cache / "models" / "qwen3-moe")
     limits = _model_limits(Path(model), runner, chosen)
-    report = Report(target_name, runner, seed)
+    report = Report(target_name, runner, seed, async_scheduling)
     env = dict(os.environ if env is None else env)
     failing: list[tuple[Schedule, list[str]]] = []
     if replay is not None and any(r.n > limits.max_n for r in Schedule.load(replay).requests):
@@ -139,7 +158,7 @@ def fuzz(
         )
 
     session_class = OfflineSession if chosen.offline else Session
-    with session_class(chosen, str(model), runner, workdir, env, say) as session:
+    with session_class(chosen, str(model), runner, workdir, env, say, async_scheduling) as session:
 
         def check(schedule: Schedule) -> None:
             outcome = session.run(schedule)
@@ -175,6 +194,7 @@ def fuzz(
                     failing.append((None, [problem]))
         report.restarts = session.restarts
         report.runner_seen = session.runner_seen()
+        report.overlapped_steps, async_problems = session.async_seen()
 
     if failing:
         schedule, problems = failing[-1]
@@ -183,8 +203,14 @@ def fuzz(
             path = workdir / f"failure-{target_name}-{runner}-seed{seed}.json"
             schedule.save(path)
             entry["schedule"] = str(path)
-            entry["replay"] = f"vllm-epdp fuzz --target {target_name} --runner {runner} --replay {path}"
+            entry["replay"] = (
+                f"vllm-epdp fuzz --target {target_name} --runner {runner} "
+                f"--async {'on' if async_scheduling else 'off'} --replay {path}"
+            )
         report.failures.append(entry)
+    if async_problems:  # the schedules ran, but not in the regime asked for
+        asked = "on" if async_scheduling else "off"
+        report.failures.append({"problems": [f"async scheduling {asked} was asked: " + "; ".join(async_problems)]})
     report.wall_s = round(time.monotonic() - started, 1)
     return report
 
@@ -202,7 +228,8 @@ def run(args) -> int:
     # Hypothesis reports on stdout; keep stdout for the report itself.
     with contextlib.redirect_stdout(sys.stderr):
         report = fuzz(args.target, args.runner, args.examples, args.seed, workdir,
-                      replay=Path(args.replay) if args.replay else None)  # fmt: skip
+                      replay=Path(args.replay) if args.replay else None,
+                      async_scheduling=args.async_scheduling == "on")  # fmt: skip
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=1))
     else:
@@ -212,13 +239,14 @@ def run(args) -> int:
 
 def format_report(report: Report) -> str:
     lines = [
-        f"{report.target} ({report.runner}), seed {report.seed}: {report.schedules} schedule(s) "
+        f"{report.target} ({report.runner}, async {'on' if report.async_scheduling else 'off'}), "
+        f"seed {report.seed}: {report.schedules} schedule(s) "
         f"({report.distinct} distinct), "
         f"{report.requests} requests, {report.aborts} aborted, {report.preemptions} preemption(s), "
         f"{report.divergences} divergence(s), {report.ties} near-tie(s), {report.hangs} hang(s), "
         f"{report.nonfinite} non-finite, "
         f"{report.errors} error(s), {report.restarts} restart(s), {report.wall_s:.0f} s, "
-        f"runner seen: {report.runner_seen or 'none'}",
+        f"runner seen: {report.runner_seen or 'none'}, {report.overlapped_steps} overlapped step(s)",
     ]
     for f in report.failures:
         lines.append("FAILED: " + "\n  ".join(f["problems"][:20]))

@@ -69,9 +69,10 @@ def _add(answer: Answer, choice: dict) -> None:
 def send(url: str, model: str, req: Request, timeout_s: float, top: int = 1) -> Answer:
     """One completion request, asking the ``top`` most likely tokens per
     position; never raises."""
-    http = urllib.request.Request(
-        url + "/v1/completions", data=_body(model, req, top), headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if req.rank is not None:
+        headers["X-data-parallel-rank"] = str(req.rank)  # vLLM's router sends it to that DP rank
+    http = urllib.request.Request(url + "/v1/completions", data=_body(model, req, top), headers=headers)
     answer = Answer("ok")
     try:
         with urllib.request.urlopen(http, timeout=timeout_s) as r:

@@ -73,10 +73,11 @@ class OfflineSession(SessionBase):
     def _start_target(self) -> None:
         self.stack.callback(self._stop_ranks)  # once per start; stopping twice does nothing
         t = self.target
-        self.say(f"[fuzz] starting {t.name}: DP={t.dp}+TP={t.tp}+EP {t.topology} runner={self.runner}")
+        asked = "on" if self.async_scheduling else "off"
+        self.say(f"[fuzz] starting {t.name}: DP={t.dp}+TP={t.tp}+EP {t.topology} runner={self.runner} async={asked}")
         d = self.rank_dir
         self.job = 0
-        env = runners.runner_env(self.runner, cpu_env(self.env, t.dp * t.tp))
+        env = runners.runner_env(self.runner, cpu_env(self.probe_env(d), t.dp * t.tp))
         env.update(HF_HUB_OFFLINE="1", VLLM_EPDP_LEDGER=str(d / "ledger"))
         spec = {
             "model": self.model,
@@ -86,6 +87,7 @@ class OfflineSession(SessionBase):
             "ep": True,
             "launcher": "torchrun" if t.topology == "torchrun" else "mp",
             "max_model_len": MAX_MODEL_LEN,
+            "async_scheduling": self.async_scheduling,
             "inbox": str(d / "inbox"),
             "outbox": str(d / "outbox"),
             "barrier_dir": str(d / "barrier"),

@@ -5,8 +5,8 @@ from its start (bursts, and gaps long enough for the DP waves to end), each
 with its prompt as token ids (exact lengths, 1 token up to near
 max_model_len), its max_tokens (1 included), n, streaming or not, and for a
 streaming request optionally the number of tokens after which the client
-hangs up (an abort mid-stream); on offline targets, the DP rank that submits
-it. The JSON form is what a failing seed is saved
+hangs up (an abort mid-stream); the DP rank that serves it, where the
+schedule picks one. The JSON form is what a failing seed is saved
 as and what ``vllm-epdp fuzz --replay FILE`` runs again.
 """
 
@@ -30,8 +30,9 @@ class Request:
     n: int = 1
     stream: bool = False
     abort_after: int | None = None  # streaming only: hang up after this many tokens
-    # Offline targets: the DP rank whose script submits it (offline DP has no
-    # router). None on serving targets, where vLLM's own router places it.
+    # The DP rank that serves it. Offline: the rank whose script submits it
+    # (offline DP has no router). Serving: pinned with vLLM's
+    # X-data-parallel-rank header; None: vLLM's own router places it.
     rank: int | None = None
 
     @property

@@ -8,7 +8,7 @@ import concurrent.futures
 import contextlib
 from pathlib import Path
 
-from vllm_epdp import ledger, runners, serving
+from vllm_epdp import async_probe, ledger, runners, serving
 from vllm_epdp.fuzz import client
 from vllm_epdp.fuzz.schedule import Request, Schedule
 from vllm_epdp.fuzz.targets import Target
@@ -61,13 +61,24 @@ class SessionBase:
     it hung or died, everything stopped on leaving. Subclasses start, retire
     and run their kind of target."""
 
-    def __init__(self, target: Target, model: str, runner: str, workdir: Path, env: dict[str, str], say=print):
+    def __init__(
+        self,
+        target: Target,
+        model: str,
+        runner: str,
+        workdir: Path,
+        env: dict[str, str],
+        say=print,
+        async_scheduling: bool = True,
+    ):
         self.target, self.model, self.runner = target, model, runner
         self.workdir, self.env, self.say = workdir, env, say
+        self.async_scheduling = async_scheduling
         self.stack = contextlib.ExitStack()
         self.reference = Reference(target, model, runner, workdir, env, self.stack, say)
         self.restarts = 0
         self.logs: list[Path] = []  # the target's logs, for runner_seen()
+        self.probe_dirs: list[Path] = []  # the async probe's directory of every target start
 
     def __enter__(self):
         try:
@@ -84,6 +95,27 @@ class SessionBase:
         """The model runner the target's logs show ("V1", "V2"), not the one asked for."""
         return runners.runner_in_logs(self.logs)
 
+    def probe_env(self, target_dir: Path) -> dict[str, str]:
+        """The session's environment with the async probe on for one target
+        start (its engine cores count their steps in ``target_dir``)."""
+        probe = target_dir / "async-probe"
+        for stale in probe.glob("engine-*.json"):  # an earlier session in the same workdir
+            stale.unlink()
+        self.probe_dirs.append(probe)
+        return dict(self.env, VLLM_EPDP_ASYNC_PROBE=str(probe))
+
+    def async_seen(self) -> tuple[int, list[str]]:
+        """Steps the target's engine cores overlapped (scheduled while another
+        batch ran), and why they did not run as asked (empty: they did)."""
+        started = [d for d in self.probe_dirs if async_probe.read(d)]
+        if not started:
+            return 0, []  # no target engine ever stepped (a failed start says why)
+        problems = []
+        for d in started:
+            problems += async_probe.problems(d, self.async_scheduling)
+        overlapped = sum(e["overlapped"] for d in started for e in async_probe.read(d))
+        return overlapped, problems
+
     def _start_target(self) -> None:
         raise NotImplementedError
 
@@ -94,12 +126,13 @@ class Session(SessionBase):
     server: serving.Server | None = None
 
     def _start_target(self) -> None:
-        dep = self.target.deployment(self.model, self.runner)
+        dep = self.target.deployment(self.model, self.runner, self.async_scheduling)
         self.say(f"[fuzz] starting {self.target.name}: {dep.describe()}")
         self.target_stack = contextlib.ExitStack()
         self.stack.callback(self.target_stack.close)
         workdir = self.workdir / f"target-{self.restarts}"
-        self.server = self.target_stack.enter_context(serving.serve(dep, workdir, self.env))
+        served = serving.serve(dep, workdir, self.probe_env(workdir))
+        self.server = self.target_stack.enter_context(served)
         self.logs = self.server.logs
 
     def retire_target(self) -> None:

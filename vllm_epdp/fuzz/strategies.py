@@ -5,8 +5,12 @@ can also shrink a failure towards the smallest schedule that still shows it:
 bursts of requests arriving together, gaps after a burst long enough for
 every DP rank to go idle (the wave ends; the next request wakes them), prompt
 lengths from 1 token to near max_model_len, max_tokens from 1, n = 2, streaming,
-client aborts mid-stream, and enough long requests at once that a small KV
-cache must preempt.
+client aborts mid-stream, enough long requests at once that a small KV
+cache must preempt, and idle phases: one DP rank decodes a long answer while
+its peer has nothing to do (it runs dummy batches, step after step), then
+requests wake the idle rank mid-decode. Requests may be pinned to a DP rank
+(serving: vLLM's X-data-parallel-rank header; offline: the rank that submits
+it), which is how a schedule makes one rank idle on purpose.
 """
 
 from __future__ import annotations
@@ -34,6 +38,27 @@ class Limits:
     # Offline targets: their DP size. Each request is drawn a DP rank to
     # submit it, and none streams or aborts (LLM.generate does neither).
     offline_dp: int | None = None
+    # Serving targets: their DP size; a request may be pinned to a DP rank
+    # (or left to vLLM's router).
+    pin_dp: int | None = None
+    # The longest answer of an idle phase's busy rank: the idle rank runs
+    # about this many dummy batches (V2 under Triton's interpreter is slow
+    # per step, so it gets fewer).
+    max_long_tokens: int = 192
+
+    @property
+    def dp(self) -> int | None:
+        return self.offline_dp or self.pin_dp
+
+
+def rank_of(draw, limits: Limits) -> int | None:
+    """The DP rank a request goes to: always one offline, pinned or left to
+    vLLM's router when serving, none where the target has no DP ranks to pick."""
+    if limits.offline_dp:
+        return draw(st.integers(0, limits.offline_dp - 1))
+    if limits.pin_dp:
+        return draw(st.none() | st.integers(0, limits.pin_dp - 1))
+    return None
 
 
 @st.composite
@@ -55,9 +80,32 @@ def requests_of_burst(draw, limits: Limits, start_s: float) -> list[Request]:
                 n=draw(st.sampled_from([1, 1, 1, limits.max_n])),
                 stream=stream,
                 abort_after=abort_after,
-                rank=draw(st.integers(0, limits.offline_dp - 1)) if limits.offline_dp else None,
+                rank=rank_of(draw, limits),
             )
         )
+    return out
+
+
+@st.composite
+def idle_phase(draw, limits: Limits, start_s: float) -> list[Request]:
+    """One DP rank decodes a long answer while its peer idles (dummy batches),
+    then one to three requests wake the idle rank mid-decode: the shape of
+    the one-hour report's traffic (a rank idle for many steps under async
+    scheduling). Offline, a wake that comes within the wave gap joins the
+    busy rank's wave, a later one starts the next wave."""
+    busy = draw(st.integers(0, limits.dp - 1))
+    idle = (busy + draw(st.integers(1, limits.dp - 1))) % limits.dp
+    prompt_len = draw(st.integers(1, min(32, limits.max_model_len // 2)))
+    most = min(limits.max_long_tokens, limits.max_model_len - prompt_len)
+    long_tokens = draw(st.integers(min(64, most), most))
+    prompt = tuple(draw(st.lists(st.integers(0, limits.vocab_size - 1), min_size=prompt_len, max_size=prompt_len)))
+    out = [Request(start_s, prompt, long_tokens, rank=busy)]
+    wake_at = start_s + draw(st.floats(0.2, 3.0, allow_nan=False))
+    for _ in range(draw(st.integers(1, 3))):
+        max_tokens = draw(st.sampled_from([1, 2]) | st.integers(1, limits.max_new_tokens))
+        length = draw(st.integers(1, 16) | st.integers(1, limits.max_model_len - max_tokens))
+        wake = tuple(draw(st.lists(st.integers(0, limits.vocab_size - 1), min_size=length, max_size=length)))
+        out.append(Request(wake_at + draw(st.floats(0.0, 0.3, allow_nan=False)), wake, max_tokens, rank=idle))
     return out
 
 
@@ -96,7 +144,10 @@ def schedules(draw, limits: Limits) -> Schedule:
         if i:
             # A short gap keeps the wave open, a long one ends it.
             at += draw(st.sampled_from([0.2, limits.wave_gap_s + 0.5]))
-        burst = draw(requests_of_burst(limits, at))
+        if limits.dp and limits.dp > 1 and draw(st.booleans()):
+            burst = draw(idle_phase(limits, at))
+        else:
+            burst = draw(requests_of_burst(limits, at))
         reqs += burst
         at = max(r.at_s for r in burst)
         if len(reqs) >= room:

@@ -31,7 +31,7 @@ class Target:
     def offline(self) -> bool:
         return self.topology in ("offline", "torchrun")
 
-    def deployment(self, model: str, runner: str) -> Deployment:
+    def deployment(self, model: str, runner: str, async_scheduling: bool | None = None) -> Deployment:
         return Deployment(
             model,
             dp=self.dp,
@@ -41,10 +41,14 @@ class Target:
             topology=self.topology,
             max_model_len=MAX_MODEL_LEN,
             num_kv_blocks=SMALL_KV_BLOCKS if self.small_kv else None,
+            async_scheduling=async_scheduling,
             ray_executor=self.ray_executor,
         )
 
     def reference(self, model: str, runner: str) -> Deployment:
+        # vLLM's default scheduling (synchronous on CPU) for the reference,
+        # whatever the target runs: async scheduling must not change a greedy
+        # answer, so the target is held against the plainest run there is.
         return Deployment(model, dp=1, tp=1, ep=False, runner=runner, topology="mp", max_model_len=MAX_MODEL_LEN)
 
 
@@ -68,7 +72,8 @@ TARGETS = {
         ),
         Target(
             "serve-ray-legacy-tp2-dp2-ep",
-            "the same with the legacy Ray executor (compiled graph; VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0)",
+            "the same with the legacy Ray executor (compiled graph; VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0); "
+            "--async off: vLLM 0.32.0 refuses async scheduling for it",
             2,
             2,
             "ray",

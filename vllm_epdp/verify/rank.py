@@ -4,7 +4,8 @@ DP=1 reference, a TP>1 engine, or one torchrun rank (external launcher).
     python -m vllm_epdp.verify.rank SPEC.json
 
 SPEC (written by verify/runner.py): model, dtype, tp, dp, dp_rank, ep,
-launcher ("mp" | "torchrun"), max_model_len, logprobs, scenarios (each with
+launcher ("mp" | "torchrun"), max_model_len, optionally async_scheduling
+(true/false; absent: vLLM's default), logprobs, scenarios (each with
 waves per DP rank), out (result JSON path; "{rank}" is filled in), barrier_dir.
 
 The parent sets vLLM's DP environment (VLLM_DP_RANK, VLLM_DP_SIZE, ...) before
@@ -80,6 +81,8 @@ def start_engine(spec: dict):
         max_model_len=spec["max_model_len"],
         seed=0,
     )
+    if spec.get("async_scheduling") is not None:  # else vLLM's default
+        kwargs["async_scheduling"] = spec["async_scheduling"]
     if spec["launcher"] == "torchrun":
         kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=spec["dp"])
         llm = LLM(**kwargs)

@@ -1,10 +1,12 @@
 """Construct real VllmConfigs for DP/EP combinations and report the async
 scheduling decision and the log lines that explain it.
 
-platform "cuda-like": the CPU platform forces async scheduling off *after*
-VllmConfig's own decision (platforms/cpu.py check_and_update_config); here
-that one override is undone, which is what a CUDA/XPU platform does (it
-leaves the decision alone). platform "cpu": the real CPU flow, untouched.
+platform "cuda-like": the decision a CUDA/XPU platform gets. Unpatched,
+the CPU platform forces async scheduling off *after* VllmConfig's own
+decision (platforms/cpu.py check_and_update_config), so that one override is
+undone; patched (0014), VllmConfig itself keeps it off by default on CPU, so
+VllmConfig is told the platform is not a CPU. platform "cpu": the real CPU
+flow, untouched.
 """
 
 import json
@@ -36,6 +38,7 @@ if platform == "cuda-like":
         vllm_config.scheduler_config.async_scheduling = decided
 
     type(current_platform).check_and_update_config = classmethod(keep_async_decision)
+    current_platform.is_cpu = lambda: False  # VllmConfig's CPU default (patch 0014) stays out
 
 CASES = {
     "ep_dp2_default": dict(ep=True, dp=2, async_=None),
