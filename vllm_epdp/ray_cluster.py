@@ -23,6 +23,10 @@ ends every Ray process of the machine, other people's clusters included. Here:
   given a short symbolic link to it in the system temp dir instead
   (``epdp-ray-<pid>-*``), removed when the cluster stops (and, after a run
   killed with SIGKILL, by the next cluster: the pid is gone).
+- On loopback for real: Ray replaces a --node-ip-address of 127.0.0.1 by
+  the host's routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+  (Ray's switch for one-host clusters), which a loopback cluster sets for
+  its nodes and, through ``client_env``, for the processes that use it.
 - A fixed logical CPU count (``num_cpus``), independent of the machine:
   Ray's CPUs are only what placement groups count (vLLM on CPU asks one per
   worker and one per DP engine, patch 0015), not cores.
@@ -60,6 +64,9 @@ STOP_GRACE_S = 15.0
 # "/session_YYYY-MM-DD_HH-MM-SS_UUUUUU_PID/sockets/plasma_store" (~63).
 MAX_TEMP_DIR_LEN = 40
 LINK_PREFIX = "epdp-ray-"
+# Ray's own switch (ray_constants.ENABLE_RAY_CLUSTER): "0" keeps every Ray
+# address on 127.0.0.1 instead of the host's routable one.
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 Wrap = Callable[[list[str]], list[str]]
@@ -82,6 +89,7 @@ class RayCluster:
     num_cpus: int
     nodes: list[RayNode]
     env: dict[str, str]  # the environment the nodes were started with
+    client_vars: dict[str, str] = dataclasses.field(default_factory=dict)  # what users of it need too
 
     @property
     def groups(self) -> list[procs.ProcGroup]:
@@ -96,7 +104,7 @@ class RayCluster:
     def client_env(self, env: dict[str, str]) -> dict[str, str]:
         """``env`` for a process that should use this cluster (vLLM's
         ``ray.init()`` reads RAY_ADDRESS)."""
-        return dict(env, RAY_ADDRESS=self.address)
+        return dict(env, RAY_ADDRESS=self.address, **self.client_vars)
 
 
 def ray_executable() -> str:
@@ -265,6 +273,8 @@ def cluster(
     # does not register stays as it is.
     base["RAY_USAGE_STATS_ENABLED"] = "0"
     base.pop("RAY_ADDRESS", None)
+    client_vars = {LOOPBACK_SWITCH: "0"} if node_ip.startswith("127.") else {}
+    base.update(client_vars)
     temp, link = temp_dir(Path(workdir))
     port = free_port()
     log = Path(workdir) / "ray-head.log"
@@ -275,7 +285,7 @@ def cluster(
         _unlink(link)
         raise
     head = RayNode("head", node_ip, group, log, wrap, link)
-    ray = RayCluster(f"{node_ip}:{port}", temp, num_cpus, [head], base)
+    ray = RayCluster(f"{node_ip}:{port}", temp, num_cpus, [head], base, client_vars)
     try:
         _wait_nodes(ray, 1, START_LIMIT_S)
         yield ray
