@@ -26,7 +26,8 @@ ends every Ray process of the machine, other people's clusters included. Here:
 - On loopback for real: Ray replaces a --node-ip-address of 127.0.0.1 by
   the host's routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
   (Ray's switch for one-host clusters), which a loopback cluster sets for
-  its nodes and, through ``client_env``, for the processes that use it.
+  its nodes and, through ``client_env``, for the processes that use it,
+  with VLLM_HOST_IP=127.0.0.1 so that vLLM's own addresses agree.
 - A fixed logical CPU count (``num_cpus``), independent of the machine:
   Ray's CPUs are only what placement groups count (vLLM on CPU asks one per
   worker and one per DP engine, patch 0015), not cores.
@@ -273,7 +274,10 @@ def cluster(
     # does not register stays as it is.
     base["RAY_USAGE_STATS_ENABLED"] = "0"
     base.pop("RAY_ADDRESS", None)
-    client_vars = {LOOPBACK_SWITCH: "0"} if node_ip.startswith("127.") else {}
+    # vLLM picks its own addresses (the DP master, the node a placement
+    # group is pinned to) with get_ip(): on loopback too, or they name a
+    # node this cluster does not have.
+    client_vars = {LOOPBACK_SWITCH: "0", "VLLM_HOST_IP": node_ip} if node_ip.startswith("127.") else {}
     base.update(client_vars)
     temp, link = temp_dir(Path(workdir))
     port = free_port()
