@@ -9,7 +9,9 @@ count (vllm_epdp.ray_cluster), then
   actors;
 
 each with RayExecutorV2 (0.32.0's default) and the legacy executor
-(VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0), on Model Runner V1 and V2. What must
+(VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0), on Model Runner V1, and on V2 with
+RayExecutorV2 (under the legacy executor the run gives DP=1's answers but
+no worker logs which runner it built, so V2 is not asserted there). What must
 hold: greedy fp32 answers identical to a DP=1 server's, the collective
 ledger agreeing in every group, the runner and executor asked for being the
 ones that ran, and nothing left afterwards (no process of the server or of
@@ -121,7 +123,9 @@ def serve_and_check(deployment: serving.Deployment, env, reference: Path, workdi
         ("v2", "v1"),
         pytest.param("legacy", "v1", marks=FULL),
         pytest.param("v2", "v2", marks=FULL),
-        pytest.param("legacy", "v2", marks=FULL),
+        # Not ("legacy", "v2"): answers equal DP=1 (16/16 measured) but the
+        # legacy executor's workers never show V2's log line, so which runner
+        # ran is not established (open; see the report of patch 0015).
     ],
 )
 def test_ray_dp_backend_matches_dp1(executor, runner, tiny_moe, vllm_patched, dp1_reference, tmp_path):
@@ -131,7 +135,7 @@ def test_ray_dp_backend_matches_dp1(executor, runner, tiny_moe, vllm_patched, dp
 
 @pytest.mark.full
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize(("executor", "runner"), [("v2", "v1"), ("legacy", "v1"), ("v2", "v2"), ("legacy", "v2")])
+@pytest.mark.parametrize(("executor", "runner"), [("v2", "v1"), ("legacy", "v1"), ("v2", "v2")])
 def test_ray_executor_tp2_matches_dp1(executor, runner, tiny_moe, vllm_patched, dp1_reference, tmp_path):
     deployment = serving.Deployment(
         str(tiny_moe), dp=1, tp=2, topology="ray-executor", ray_executor=executor, runner=runner
