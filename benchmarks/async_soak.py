@@ -200,7 +200,7 @@ def soak(args, env: dict[str, str], model: Path, workdir: Path) -> dict:
     if server is not None:
         for g in server.groups:
             left |= g.survivors()
-    steps = engine_steps(probe)  # read after the stop: the engine cores write their last counts at exit
+    steps = engine_steps(probe)  # after the stop: its pids must be gone (counts: as of the last write)
     for e in steps:
         info = procs.read_proc(e["pid"])
         if info is not None and info.state != "Z":
