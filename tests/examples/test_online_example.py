@@ -45,9 +45,11 @@ def serving(env: dict, model: Path, tmp_path: Path):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-# V2 behind `vllm serve` also runs in CI as the fuzz target serve-dp2-ep's
-# fixed seed; this example's V2 run is the slower tier.
-@pytest.mark.parametrize("runner", ["v1", pytest.param("v2", marks=pytest.mark.full)])
+# `vllm serve` DP=2 + EP against DP=1 runs in CI on both runners as the fuzz
+# target serve-dp2-ep's fixed seeds (the example scripts' static checks in
+# test_example_checks.py); this run of the example itself is the full tier.
+@pytest.mark.full
+@pytest.mark.parametrize("runner", ["v1", "v2"])
 def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_path, runner):
     """Both model runners behind `vllm serve` (V2 is what serves on XPU and
     NVIDIA), each against the same offline DP=1 reference."""

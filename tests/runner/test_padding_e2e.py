@@ -67,6 +67,10 @@ def padded_run(series_env, moe_model, tmp_path_factory, runner):
     return _run(series_env, moe_model, tmp_path_factory.mktemp(f"padded-{runner}"), runner)
 
 
+# CI checks padding ran and every real row stayed finite on both runners in
+# verify's quick plan (tests/e2e/test_verify.py); these two, with the
+# bit-for-bit comparison against an unpadded run, are the full tier.
+@pytest.mark.full
 def test_padding_active_and_every_row_finite(padded_run):
     assert padded_run["ledger_mismatches"] == []
     padded, real_bad, pad_bad = _watch_totals(padded_run)
@@ -74,6 +78,7 @@ def test_padding_active_and_every_row_finite(padded_run):
     assert (real_bad, pad_bad) == (0, 0)
 
 
+@pytest.mark.full
 def test_real_rows_identical_to_unpadded_run(padded_run, series_without, moe_model, tmp_path, runner):
     unpadded = _run(series_without("0008"), moe_model, tmp_path, runner)
     assert _watch_totals(unpadded)[0] == 0  # without 0008, eager EP never pads
