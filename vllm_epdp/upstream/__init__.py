@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--release",
         metavar="X",
-        help="the series and the release files to write the kit for (default: the newest series)",
+        help="the series and the release files to write the kit for (default: the newest series holding PATCH)",
     )
     p.add_argument("--out", metavar="DIR", help="directory to write the kit into (must not hold one yet)")
     p.add_argument("--no-run", action="store_true", help="write the kit without running its test")
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    release = _release(args.release)
+    release = _release(args.release, None if args.list else args.patch)
     patches = load_series(release)
     kits = load_kits()
     if args.list:
@@ -81,11 +81,19 @@ def run(args) -> int:
     return write(kit, release, patches, Path(args.out), run_tests=not args.no_run)
 
 
-def _release(wanted: str | None) -> str:
+def _release(wanted: str | None, patch: str | None = None) -> str:
+    """--release X, else the newest series (holding PATCH, where one is
+    named: a patch of an older series only, such as 0014, gets that one)."""
     versions = supported_versions()
     if not versions:
         raise EpdpError("no patch series at all in this vllm-epdp: reinstall it")
     if wanted is None:
+        for version in reversed(versions) if patch else ():
+            try:
+                select(load_series(version), [patch])
+            except EpdpError:
+                continue
+            return version
         return versions[-1]
     release = str(public_version(wanted))
     if release not in versions:
