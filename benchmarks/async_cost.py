@@ -48,14 +48,12 @@ def batch(name: str, seed: int, prompts: int, tokens: int) -> Scenario:
     """``prompts`` fresh prompts (10-30 words) of ``tokens`` tokens on each DP rank."""
     rng = random.Random(seed)
     waves = tuple(
-        (
-            (
-                tuple(
-                    Request(f"{name}-r{rank}-{i}", prompt(seed * 1000 + rank * 100 + i, rng.randint(10, 30)), tokens)
-                    for i in range(prompts)
-                ),
+        (  # one wave per rank
+            tuple(
+                Request(f"{name}-r{rank}-{i}", prompt(seed * 1000 + rank * 100 + i, rng.randint(10, 30)), tokens)
+                for i in range(prompts)
             ),
-        )  # fmt: skip
+        )
         for rank in range(2)
     )
     return Scenario(name, f"async_cost {name}", waves)

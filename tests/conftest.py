@@ -45,10 +45,13 @@ def vllm_patched() -> dict:
 def pytest_collection_modifyitems(config, items):
     """Experiments (marker `experiment`) document why we rejected an approach;
     each costs minutes of watchdog time, so CI's suite skips them unless
-    VLLM_EPDP_EXPERIMENTS=1 asks for them."""
-    if os.environ.get("VLLM_EPDP_EXPERIMENTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="experiment: set VLLM_EPDP_EXPERIMENTS=1 to run")
-    for item in items:
-        if "experiment" in item.keywords:
-            item.add_marker(skip)
+    VLLM_EPDP_EXPERIMENTS=1 asks for them. The slower tier (marker `full`:
+    more cases of a kind CI runs once) runs with VLLM_EPDP_FULL=1."""
+    tiers = {"experiment": "VLLM_EPDP_EXPERIMENTS", "full": "VLLM_EPDP_FULL"}
+    for marker, switch in tiers.items():
+        if os.environ.get(switch) == "1":
+            continue
+        skip = pytest.mark.skip(reason=f"{marker}: set {switch}=1 to run")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

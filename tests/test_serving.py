@@ -1,42 +1,51 @@
 """vllm_epdp.serving without engines: the topologies it refuses, and why.
 
-The "ray" refusal rests on a fact about the installed vLLM (its CPU platform
-names no Ray device); the second test checks that fact, so the day a vLLM
-release names one, this test fails and the ray topology is worth building.
+The Ray topologies are refused on a vLLM whose CPU platform names no Ray
+device (vLLM as released); patch 0015 names one. Both facts are checked on
+the pristine and the patched overlay, so the day a vLLM release names one,
+the refusal test fails and patch 0015 can go.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from vllm_epdp import serving
+from vllm_epdp import serving, topology_ray
 from vllm_epdp.errors import EpdpError
 
 FAKE_VLLM_SERVE = Path(__file__).parent / "fake_vllm_serve"
 
 
-def test_ray_topology_refused_with_the_reason(tmp_path):
-    ray = serving.Deployment("unused", topology="ray")
-    with pytest.raises(EpdpError, match="ray_device_key"), serving.serve(ray, tmp_path):
+def test_ray_topology_refused_on_released_vllm(vllm_pristine, tmp_path):
+    """One of the three: they share the refusal (topology_ray.start)."""
+    ray = serving.Deployment("unused", topology="ray-executor")
+    with pytest.raises(EpdpError, match="names no Ray device.*patch 0015"), serving.serve(ray, tmp_path, vllm_pristine):
         pass
-    assert not (tmp_path / "server.log").exists()  # nothing was started
+    assert not list(tmp_path.glob("*.log")) and not list(tmp_path.glob("r*"))  # nothing was started
 
 
 def test_unknown_topology_names_the_known_ones(tmp_path):
     k8s = serving.Deployment("unused", topology="k8s")
-    with pytest.raises(EpdpError, match="use one of mp, multinode"), serving.serve(k8s, tmp_path):
+    known = "use one of mp, multinode, ray, ray-executor, ray-multinode"
+    with pytest.raises(EpdpError, match=known), serving.serve(k8s, tmp_path):
         pass
 
 
-def test_vllm_cpu_platform_names_no_ray_device():
-    probe = "from vllm.platforms.cpu import CpuPlatform; print(repr(CpuPlatform.ray_device_key))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "''"
+def test_unknown_ray_executor_is_refused(tmp_path):
+    ray = serving.Deployment("unused", topology="ray", ray_executor="v3")
+    with (
+        pytest.raises(EpdpError, match="unknown Ray executor 'v3': use one of v2, legacy"),
+        serving.serve(ray, tmp_path),
+    ):
+        pass
+
+
+def test_cpu_platform_ray_device_without_and_with_the_series(vllm_pristine, vllm_patched):
+    assert topology_ray.ray_device_key(vllm_pristine) == ""
+    assert topology_ray.ray_device_key(vllm_patched) == "CPU"
 
 
 def test_a_new_deployment_starts_a_new_ledger(tmp_path):

@@ -8,12 +8,18 @@ stack dump on demand) and stops everything on the way out, the way a user
 does (SIGINT, then the group is killed after a grace period).
 
 Topologies (``Deployment.topology``):
-  mp         one host, vLLM's own DP engine processes (the default backend)
-  (ray       refused with the reason: vLLM's Ray DP backend does not start
-             on its CPU platform, see RAY_ON_CPU)
-  multinode  two "nodes" as two network namespaces joined by a veth pair:
-             the head serves DP rank 0, the other runs ``--headless`` from
-             rank 1 (vllm_epdp.topology_netns)
+  mp             one host, vLLM's own DP engine processes (the default backend)
+  multinode      two "nodes" as two network namespaces joined by a veth pair:
+                 the head serves DP rank 0, the other runs ``--headless`` from
+                 rank 1 (vllm_epdp.topology_netns)
+  ray            one host, a Ray cluster of ours: Ray places the DP ranks
+                 (``--data-parallel-backend ray``), TP workers are Ray actors
+  ray-executor   vLLM's own DP processes, TP workers as Ray actors
+                 (``--distributed-executor-backend ray``)
+  ray-multinode  ``ray`` on a Ray head and a Ray worker node in two network
+                 namespaces, DP rank 1 placed on the worker node
+                 (the three Ray ones: vllm_epdp.topology_ray; refused with
+                 the reason on a vLLM whose CPU platform names no Ray device)
 The server is started as ``python -m vllm.entrypoints.cli.main serve`` (what
 the ``vllm`` script runs), so it uses this Python and the PYTHONPATH given.
 """
@@ -35,18 +41,8 @@ from vllm_epdp import cpu_host, log_forensics, procs, runners
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.ports import free_port
 
-TOPOLOGIES = ("mp", "multinode")
-# Why there is no "ray" topology here: vLLM's Ray DP backend cannot start on
-# its CPU platform (0.32.0). CpuPlatform leaves ray_device_key empty, so the
-# DP placement groups look for devices named "" and stop; with the key set to
-# "CPU", the bundle count per DP rank, the workers' resource options and the
-# accelerator-id lookup all assume a GPU-like key as well. Upstream: #21602
-# (the same wall for the Ray executor, closed as stale) and #25386 (Ray
-# executor and Ray DP for the CPU backend, closed without merging).
-RAY_ON_CPU = (
-    "--data-parallel-backend ray does not start on vLLM's CPU platform "
-    "(CpuPlatform has no ray_device_key: 'No  found in Ray cluster.'); use topology mp or multinode"
-)
+TOPOLOGIES = ("mp", "multinode", "ray", "ray-executor", "ray-multinode")
+RAY_TOPOLOGIES = ("ray", "ray-executor", "ray-multinode")
 SHUTDOWN_GRACE_S = 30.0
 
 
@@ -68,11 +64,15 @@ class Deployment:
     # default (off on CPU, on elsewhere unless a patch or option says otherwise).
     async_scheduling: bool | None = None
     extra_args: tuple[str, ...] = ()
+    # Ray topologies: "v2" (RayExecutorV2, vLLM 0.32.0's default) or
+    # "legacy" (RayDistributedExecutor: VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0).
+    ray_executor: str = "v2"
 
     def describe(self) -> str:
         parts = [f"DP={self.dp}", f"TP={self.tp}"] + (["EP"] if self.ep else [])
+        ray = f" executor={self.ray_executor}" if self.topology in RAY_TOPOLOGIES else ""
         asked = "" if self.async_scheduling is None else f" async={'on' if self.async_scheduling else 'off'}"
-        return f"{'+'.join(parts)} {self.topology} runner={self.runner}{asked}"
+        return f"{'+'.join(parts)} {self.topology}{ray} runner={self.runner}{asked}"
 
     def serve_args(self) -> list[str]:
         """The `vllm serve` arguments every topology shares."""
@@ -168,8 +168,6 @@ def serve(
     deadline_s: float = 6 * 3600.0,
 ) -> Iterator[Server]:
     """Start ``deployment``, wait until it answers, yield it, stop it."""
-    if deployment.topology == "ray":
-        raise EpdpError(RAY_ON_CPU)
     if deployment.topology not in TOPOLOGIES:
         raise EpdpError(f"unknown topology '{deployment.topology}': use one of {', '.join(TOPOLOGIES)}")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +183,10 @@ def serve(
     base = runners.runner_env(deployment.runner, base)
     if deployment.topology == "mp":
         starter = _start_mp
+    elif deployment.topology in RAY_TOPOLOGIES:
+        from vllm_epdp import topology_ray
+
+        starter = topology_ray.start
     else:
         from vllm_epdp import topology_netns
 

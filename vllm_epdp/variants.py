@@ -102,6 +102,14 @@ def _one(patches, number: str):
 def overlay_with_edit(name: str, relpath: str, old: str, new: str) -> Path:
     """The patched overlay with one literal edit in one file: for experiments
     with fixes that are not in the series (e.g. an upstream PR's change)."""
+    return overlay_with_edits(name, [(relpath, old, new)])
+
+
+def overlay_with_edits(name: str, edits: list[tuple[str, str, str]]) -> Path:
+    """The patched overlay with literal edits ``(relpath, old, new)``, each
+    text to replace occurring exactly once, applied in order (an experiment
+    that needs two lines of vLLM changed, e.g. async scheduling on CPU for an
+    executor that refuses it)."""
     patched = overlay.make_overlay(state="patched")
     final = patched.parent / f"{patched.name}-edit-{name}"
     if overlay.built(final):
@@ -109,12 +117,13 @@ def overlay_with_edit(name: str, relpath: str, old: str, new: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-edit-{name}-", dir=patched.parent))
     try:
         overlay.copy_package(patched / "vllm", tmp / "vllm")
-        target = tmp / relpath
-        text = target.read_text()
-        if text.count(old) != 1:
-            raise EpdpError(f"{relpath}: the text to replace occurs {text.count(old)} times")
-        target.unlink()  # the copy may be a hard link into the venv: never write through
-        target.write_text(text.replace(old, new))
+        for relpath, old, new in edits:
+            target = tmp / relpath
+            text = target.read_text()
+            if text.count(old) != 1:
+                raise EpdpError(f"{relpath}: the text to replace occurs {text.count(old)} times")
+            target.unlink()  # the copy may be a hard link into the venv: never write through
+            target.write_text(text.replace(old, new))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,11 +21,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 @pytest.mark.parametrize(
     ("target", "runner", "async_on", "examples", "seed"),
     [
-        ("serve-dp2-ep", "v1", True, 4, 11),
+        ("serve-dp2-ep", "v1", True, 2, 11),
         ("serve-dp2-ep", "v2", True, 2, 12),  # V2 under Triton's interpreter: slow per step
         ("serve-tp2-dp2-ep", "v1", True, 2, 13),
         ("offline-torchrun-dp2-ep", "v1", True, 2, 14),
-        ("offline-dp2-ep", "v1", False, 2, 15),
+        ("offline-dp2-ep", "v1", False, 1, 15),
     ],
 )
 def test_drawn_schedules_pass(vllm_patched, tmp_path, target, runner, async_on, examples, seed):

@@ -156,4 +156,6 @@ def test_check_release_names_every_failing_hunk():
         "    vllm/model_executor/layers/attention/attention.py hunk #2 (@@ -801,6 +804,9 @@) does not apply\n"
         "    builds on 0010, which did not apply: this may clear once that one is fixed\n"
     ) in out
-    assert out.rstrip().endswith("(8 applies, 5 conflicts)"), out
+    # 0014 conflicts behind 0011 (same file), 0015 and 0016 apply as they are.
+    assert "0014 CPU: honour an explicit --async-scheduling: CONFLICTS\n" in out
+    assert out.rstrip().endswith("(10 applies, 6 conflicts)"), out

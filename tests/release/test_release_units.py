@@ -111,6 +111,15 @@ def test_offline_dp_wave_stays_open_while_batch_is_sent(units):
     assert missing(units["pristine"]["offline_dp_wave"])
 
 
+def test_ray_on_cpu(units):
+    """Patch 0015 on the release: the CPU platform names a Ray device, a worker
+    asks for its bundle's CPU as num_cpus (Ray rejects "CPU" in resources)
+    and has no accelerator ids; the released files name none."""
+    got = units["patched"]["ray_on_cpu"]
+    assert got == {"device_key": "CPU", "worker_options": {"num_cpus": 1.0, "num_gpus": 0}, "accelerator_ids": []}
+    assert missing(units["pristine"]["ray_on_cpu"])
+
+
 def test_async_scheduling_decision(trees, tmp_path):
     """Patch 0011 in the release's VllmConfig, the same worker as on 0.32.0
     (tests/runner/test_async_scheduling.py), CUDA-like decision."""

@@ -16,16 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from vllm_epdp import ledger, netns, procs, serving, tiny_models
-
-CLIENT = Path(__file__).resolve().parents[2] / "examples" / "online_serving" / "client_check.py"
-CLIENT_TIMEOUT_S = 600
+from tests.topologies.serve_checks import client, left_running, pids_of
+from vllm_epdp import ledger, netns, serving, tiny_models
 
 pytestmark = [
     pytest.mark.e2e,
@@ -38,20 +34,6 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def tiny_moe(tmp_path_factory) -> Path:
     return tiny_models.build("qwen3-moe", tmp_path_factory.mktemp("multinode") / "qwen3-moe")
-
-
-def client(url: str, log: Path, *args: str) -> str:
-    """examples/online_serving/client_check.py from the host (a client of the
-    head node, as on a cluster); returns its VERDICT line."""
-    argv = [sys.executable, str(CLIENT), "--url", url, "--timeout", "300", "--max-tokens", "16", *args]
-    with open(log, "w") as out:
-        subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=CLIENT_TIMEOUT_S)
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("VERDICT:")]
-    return lines[-1] if lines else f"no verdict; client log:\n{log.read_text(errors='replace')[-3000:]}"
-
-
-def pids_of(groups: list[procs.ProcGroup]) -> set[int]:
-    return {pid for g in groups for pid in g.members()}
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +67,9 @@ def test_headless_second_node_matches_dp1(tiny_moe, vllm_patched, dp1_reference,
         quiet = ledger.wait_quiet(server.ledger_dir)
         alive = server.alive()
         crossed = net.link_bytes()
-        left_running = server.log_tail(60)
-    assert alive, "a node exited while serving:\n" + left_running
-    assert verdict.startswith("VERDICT: PASS 16/16 answers matched"), verdict + "\n" + left_running
+        tail = server.log_tail(60)
+    assert alive, "a node exited while serving:\n" + tail
+    assert verdict.startswith("VERDICT: PASS 16/16 answers matched"), verdict + "\n" + tail
 
     # Two DP ranks, one per node, each an EP rank (vLLM's own log lines).
     log_a, log_b = (p.read_text(errors="replace") for p in server.logs)
@@ -109,5 +91,5 @@ def test_headless_second_node_matches_dp1(tiny_moe, vllm_patched, dp1_reference,
 
     # Nothing left: processes of either node, namespaces, links.
     assert not pids_of(server.groups)
-    assert not {pid for pid in a_pids | b_pids if (info := procs.read_proc(pid)) and info.state != "Z"}
+    assert not left_running(a_pids | b_pids)
     assert netns.leftovers_of(net) == []

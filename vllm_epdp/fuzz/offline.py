@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from vllm_epdp import procs, runners
+from vllm_epdp import ledger, procs, runners
 from vllm_epdp.cpu_host import cpu_env
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.fuzz.client import Answer
@@ -191,6 +191,9 @@ class OfflineSession(SessionBase):
         # Only what came back is compared with DP=1 (nothing: no reference started).
         reference = self.reference.answers_for(r for i, r in enumerate(schedule.requests) if str(i) in raw)
         outcome = judge(schedule, answers, reference, [], tops=self.reference.tops)
+        # Where the ranks' collectives parted, if they did: the cause of most
+        # deaths and hangs of a DP group, often steps before the symptom.
+        outcome.problems += [f"ledger: {p}" for p in ledger.compare(d / "ledger")]
         if hung:
             outcome.problems.append("stacks of every rank:\n" + self.group.dump_stacks())
         else:

@@ -23,8 +23,9 @@ class Target:
     summary: str
     dp: int
     tp: int
-    topology: str  # serving: "mp", "multinode"; offline: "offline" (VLLM_DP_* per rank), "torchrun"
+    topology: str  # serving: vllm_epdp.serving.TOPOLOGIES; offline: "offline" (VLLM_DP_* per rank), "torchrun"
     small_kv: bool = False
+    ray_executor: str = "v2"  # Ray topologies: "v2" (RayExecutorV2) or "legacy"
 
     @property
     def offline(self) -> bool:
@@ -41,6 +42,7 @@ class Target:
             max_model_len=MAX_MODEL_LEN,
             num_kv_blocks=SMALL_KV_BLOCKS if self.small_kv else None,
             async_scheduling=async_scheduling,
+            ray_executor=self.ray_executor,
         )
 
     def reference(self, model: str, runner: str) -> Deployment:
@@ -59,6 +61,31 @@ TARGETS = {
         Target("serve-multinode-dp2-ep", "two nodes (network namespaces), DP rank 1 headless", 2, 1, "multinode"),
         Target("offline-dp2-ep", "offline DP=2 + EP, one LLM per DP rank (VLLM_DP_* environment)", 2, 1, "offline"),
         Target("offline-torchrun-dp2-ep", "offline DP=2 + EP under torchrun (external launcher)", 2, 1, "torchrun"),
+        # Ray on CPU (patch 0015): a Ray cluster of the session's own.
+        Target("serve-ray-dp2-ep", "vllm serve --data-parallel-backend ray, DP=2 + EP, one host", 2, 1, "ray"),
+        Target(
+            "serve-ray-tp2-dp2-ep",
+            "Ray DP backend, TP=2 x DP=2 + EP, TP workers as Ray actors (RayExecutorV2)",
+            2,
+            2,
+            "ray",
+        ),
+        Target(
+            "serve-ray-legacy-tp2-dp2-ep",
+            "the same with the legacy Ray executor (compiled graph; VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0); "
+            "--async off: vLLM 0.32.0 refuses async scheduling for it",
+            2,
+            2,
+            "ray",
+            ray_executor="legacy",
+        ),
+        Target(
+            "serve-ray-multinode-dp2-ep",
+            "Ray head + Ray worker node in two network namespaces, Ray places DP rank 1 on the worker node",
+            2,
+            1,
+            "ray-multinode",
+        ),
     )
 }
 

@@ -101,5 +101,19 @@ def _():
     return seen
 
 
+@check("ray_on_cpu")
+def _():
+    # Patch 0015: what the CPU platform tells Ray, and what a CPU worker asks
+    # Ray for (VLLM_TARGET_DEVICE=cpu: current_platform is the CPU one).
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.v1.executor import ray_utils
+
+    return {
+        "device_key": CpuPlatform.ray_device_key,
+        "worker_options": ray_utils.ray_worker_resource_options(1.0),
+        "accelerator_ids": ray_utils.ray_accelerator_ids("CPU"),
+    }
+
+
 with open(os.environ["EPDP_RESULT"], "w") as f:
     json.dump(result, f, indent=1)
