@@ -68,15 +68,24 @@ def _check_all_gatherv(communicator, rank: int, device: str):
         calls = _count_gathers(monkeypatch)
         for sizes in SIZES_CASES:
             counts = sizes or [3] * WORLD_SIZE
-            expected = [torch.cat(parts) for parts in zip(*(_tokens(r, counts[r], device) for r in range(WORLD_SIZE)))]
+            expected = [
+                torch.cat(parts)
+                for parts in zip(
+                    *(_tokens(r, counts[r], device) for r in range(WORLD_SIZE))
+                )
+            ]
             calls.clear()
-            gathered = communicator.all_gatherv(_tokens(rank, counts[rank], device), dim=0, sizes=sizes)
+            gathered = communicator.all_gatherv(
+                _tokens(rank, counts[rank], device), dim=0, sizes=sizes
+            )
             assert len(calls) == 1, f"sizes {sizes}: {len(calls)} collectives {calls}"
             for got, want in zip(gathered, expected):
                 assert got.dtype == want.dtype
                 torch.testing.assert_close(got, want, rtol=0, atol=0)
             # A single tensor gives a tensor.
-            hidden = communicator.all_gatherv(_tokens(rank, counts[rank], device)[0], dim=0, sizes=sizes)
+            hidden = communicator.all_gatherv(
+                _tokens(rank, counts[rank], device)[0], dim=0, sizes=sizes
+            )
             torch.testing.assert_close(hidden, expected[0], rtol=0, atol=0)
 
 
@@ -96,7 +105,9 @@ def _xpu_worker(rank, world_size, port):
     reason="Need two XPUs",
 )
 def test_xpu_all_gatherv_one_collective():
-    torch.multiprocessing.spawn(_xpu_worker, args=(WORLD_SIZE, get_open_port()), nprocs=WORLD_SIZE)
+    torch.multiprocessing.spawn(
+        _xpu_worker, args=(WORLD_SIZE, get_open_port()), nprocs=WORLD_SIZE
+    )
 
 
 def _gloo_worker(rank, world_size, port):

@@ -70,7 +70,9 @@ def _moe_collectives(monkeypatch, manager) -> list[str]:
 
 
 @pytest.mark.parametrize("setting,is_xpu", [("1", False), ("auto", True), (None, True)])
-def test_barrier_before_each_moe_collective(dist_init, monkeypatch, setting: str | None, is_xpu: bool):
+def test_barrier_before_each_moe_collective(
+    dist_init, monkeypatch, setting: str | None, is_xpu: bool
+):
     manager = _manager(monkeypatch, setting, is_xpu)
     assert _moe_collectives(monkeypatch, manager) == [
         "barrier",
@@ -82,8 +84,12 @@ def test_barrier_before_each_moe_collective(dist_init, monkeypatch, setting: str
     ]
 
 
-@pytest.mark.parametrize("setting,is_xpu", [("0", True), ("auto", False), (None, False)])
-def test_no_barrier_unless_asked(dist_init, monkeypatch, setting: str | None, is_xpu: bool):
+@pytest.mark.parametrize(
+    "setting,is_xpu", [("0", True), ("auto", False), (None, False)]
+)
+def test_no_barrier_unless_asked(
+    dist_init, monkeypatch, setting: str | None, is_xpu: bool
+):
     manager = _manager(monkeypatch, setting, is_xpu)
     assert _moe_collectives(monkeypatch, manager) == [
         "all_gatherv",

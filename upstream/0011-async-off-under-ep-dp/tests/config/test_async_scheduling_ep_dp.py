@@ -32,17 +32,25 @@ def platform_keeps_async_decision(monkeypatch):
         check_and_update_config.__func__(cls, vllm_config)
         vllm_config.scheduler_config.async_scheduling = decided
 
-    monkeypatch.setattr(platform_cls, "check_and_update_config", classmethod(keep_decision))
+    monkeypatch.setattr(
+        platform_cls, "check_and_update_config", classmethod(keep_decision)
+    )
     monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
 
 
-def _async_scheduling(enable_expert_parallel: bool, data_parallel_size: int, requested: bool | None) -> bool:
+def _async_scheduling(
+    enable_expert_parallel: bool, data_parallel_size: int, requested: bool | None
+) -> bool:
     parallel_config = ParallelConfig(
         data_parallel_size=data_parallel_size,
         enable_expert_parallel=enable_expert_parallel,
     )
-    scheduler_config = SchedulerConfig(max_model_len=2048, is_encoder_decoder=False, async_scheduling=requested)
-    config = VllmConfig(parallel_config=parallel_config, scheduler_config=scheduler_config)
+    scheduler_config = SchedulerConfig(
+        max_model_len=2048, is_encoder_decoder=False, async_scheduling=requested
+    )
+    config = VllmConfig(
+        parallel_config=parallel_config, scheduler_config=scheduler_config
+    )
     return config.scheduler_config.async_scheduling
 
 
@@ -51,7 +59,9 @@ def test_async_off_by_default_under_ep_dp(platform_keeps_async_decision, caplog_
     assert "--async-scheduling to enable it" in caplog_vllm.text
 
 
-def test_explicit_async_kept_with_warning_under_ep_dp(platform_keeps_async_decision, caplog_vllm):
+def test_explicit_async_kept_with_warning_under_ep_dp(
+    platform_keeps_async_decision, caplog_vllm
+):
     assert _async_scheduling(True, 2, True) is True
     assert "--no-async-scheduling" in caplog_vllm.text
 

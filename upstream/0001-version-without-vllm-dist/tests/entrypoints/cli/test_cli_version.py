@@ -49,7 +49,9 @@ def test_run_batch_starts(no_vllm_distribution, monkeypatch):
     async def run_batch_main(args):
         started.append(args)
 
-    monkeypatch.setattr("vllm.entrypoints.launchers.run_batch.main", run_batch_main, raising=True)
+    monkeypatch.setattr(
+        "vllm.entrypoints.launchers.run_batch.main", run_batch_main, raising=True
+    )
     args = argparse.Namespace(enable_metrics=False)
     RunBatchSubcommand.cmd(args)
     assert started == [args]

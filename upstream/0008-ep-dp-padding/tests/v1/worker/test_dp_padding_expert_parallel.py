@@ -77,9 +77,7 @@ def _worker(rank, port, dp_port, runner, enable_expert_parallel):
         sync = {"v1": _v1_counts, "v2": _v2_counts}[runner]
         for step in STEPS:
             counts = sync(rank, step[rank], parallel_config)
-            expected = (
-                [max(step)] * DP_SIZE if enable_expert_parallel else list(step)
-            )
+            expected = [max(step)] * DP_SIZE if enable_expert_parallel else list(step)
             assert counts == expected, (
                 f"{runner} eager step {step}, expert parallel "
                 f"{enable_expert_parallel}: DP ranks run {counts} tokens, "

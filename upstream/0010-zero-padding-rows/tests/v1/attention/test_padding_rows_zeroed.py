@@ -128,7 +128,9 @@ def _mamba(attn_metadata) -> torch.Tensor:
 
 @pytest.mark.parametrize("padded", [False, True], ids=["dummy_step", "dp_padded"])
 def test_mamba_mixer2_padding_rows_are_zero(padded: bool):
-    metadata = SimpleNamespace(num_prefill_tokens=2, num_decode_tokens=3) if padded else None
+    metadata = (
+        SimpleNamespace(num_prefill_tokens=2, num_decode_tokens=3) if padded else None
+    )
     _assert_rows(_mamba(metadata), NUM_ACTUAL_TOKENS if padded else 0)
 
 

@@ -34,16 +34,22 @@ def _client(monkeypatch, data_parallel: bool) -> tuple[SyncMPClient, list]:
     monkeypatch.setattr(
         client,
         "_send_input",
-        lambda request_type, request: sent.append((request_type.name, request.request_id)),
+        lambda request_type, request: sent.append(
+            (request_type.name, request.request_id)
+        ),
     )
-    monkeypatch.setattr(client, "call_utility", lambda method, *args: sent.append(("UTILITY", method)))
+    monkeypatch.setattr(
+        client, "call_utility", lambda method, *args: sent.append(("UTILITY", method))
+    )
     return client, sent
 
 
 def _generate(client: SyncMPClient, num_requests: int, num_steps: int) -> None:
     """What LLM.generate() does: add the batch, then read outputs."""
     for i in range(num_requests):
-        client.add_request(SimpleNamespace(request_id=f"req-{i}", prompt_token_ids=None))
+        client.add_request(
+            SimpleNamespace(request_id=f"req-{i}", prompt_token_ids=None)
+        )
     for _ in range(num_steps):
         client.outputs_queue.put(EngineCoreOutputs())
         client.get_output()

@@ -40,7 +40,9 @@ class _UnwrittenKVBackend:
 
 
 def _attention(is_padding: torch.Tensor | None) -> torch.Tensor:
-    unwritten = is_padding if is_padding is not None else torch.zeros(NUM_ROWS, dtype=bool)
+    unwritten = (
+        is_padding if is_padding is not None else torch.zeros(NUM_ROWS, dtype=bool)
+    )
     layer = SimpleNamespace(impl=_UnwrittenKVBackend(unwritten), kv_cache=None)
     # The dummy batch's metadata describes all of its rows.
     metadata = SimpleNamespace(num_actual_tokens=NUM_ROWS)

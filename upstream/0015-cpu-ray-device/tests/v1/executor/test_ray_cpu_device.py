@@ -42,9 +42,13 @@ def test_cpu_ray_worker_resources(num_devices: int):
         ("TPU", {"num_cpus": 0, "num_gpus": 0, "resources": {"TPU": 1}}),
     ],
 )
-def test_accelerator_ray_worker_resources_unchanged(monkeypatch, device_key: str, expected: dict):
+def test_accelerator_ray_worker_resources_unchanged(
+    monkeypatch, device_key: str, expected: dict
+):
     """What the executors asked for before, on every other platform."""
     from vllm.v1.executor import ray_utils
 
-    monkeypatch.setattr(ray_utils.current_platform, "ray_device_key", device_key, raising=False)
+    monkeypatch.setattr(
+        ray_utils.current_platform, "ray_device_key", device_key, raising=False
+    )
     assert ray_utils.ray_worker_resource_options(1) == expected

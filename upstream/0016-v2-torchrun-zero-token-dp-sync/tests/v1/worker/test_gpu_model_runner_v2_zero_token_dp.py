@@ -43,7 +43,9 @@ def _runner(monkeypatch, dp_size: int, backend: str) -> tuple[GPUModelRunner, li
         lambda scheduler_output, output: output,
         raising=False,
     )
-    runner.parallel_config = SimpleNamespace(data_parallel_size=dp_size, distributed_executor_backend=backend)
+    runner.parallel_config = SimpleNamespace(
+        data_parallel_size=dp_size, distributed_executor_backend=backend
+    )
     runner.decode_query_len = 1
     monkeypatch.setattr(
         runner,
@@ -68,7 +70,9 @@ def test_torchrun_dp_zero_token_step_runs_dummy_batch(monkeypatch):
     assert dummy_runs == [((1,), {"uniform_decode": True})]
 
 
-@pytest.mark.parametrize("dp_size,backend", [(2, "mp"), (1, "external_launcher")], ids=["engine_dp", "no_dp"])
+@pytest.mark.parametrize(
+    "dp_size,backend", [(2, "mp"), (1, "external_launcher")], ids=["engine_dp", "no_dp"]
+)
 def test_zero_token_step_skips_forward_otherwise(monkeypatch, dp_size, backend):
     """A DP engine core runs the dummy batch itself; without DP there is no
     peer to wait for."""

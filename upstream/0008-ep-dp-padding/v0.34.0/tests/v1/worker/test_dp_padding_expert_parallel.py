@@ -64,9 +64,7 @@ def _worker(rank, port, dp_port, enable_expert_parallel):
         )
         for step in STEPS:
             counts = _synced_counts(rank, step[rank], parallel_config)
-            expected = (
-                [max(step)] * DP_SIZE if enable_expert_parallel else list(step)
-            )
+            expected = [max(step)] * DP_SIZE if enable_expert_parallel else list(step)
             assert counts == expected, (
                 f"eager step {step}, expert parallel "
                 f"{enable_expert_parallel}: DP ranks run {counts} tokens, "
