@@ -114,10 +114,15 @@ def test_list_and_errors(tmp_path, capsys):
     for kit in KITS:
         assert f"kit {kit.name}" in listed
     patches = load_series(supported_versions()[-1])
-    without_kit = [p for p in patches if p.name not in {k.patch for k in KITS}]
+    carried = {name for k in KITS for name in k.carries}
+    without_kit = [p for p in patches if p.name not in {k.patch for k in KITS} | carried]
     if without_kit:
         assert main(["upstream", without_kit[0].number, "--out", str(tmp_path / "x")]) == 2
         assert "has no kit yet" in capsys.readouterr().err
+    # 0002 (a new module) has no kit of its own: it goes with 0003's and 0006's.
+    assert "0002  carried by 0003-" in listed
+    assert main(["upstream", "0002", "--out", str(tmp_path / "y")]) == 2
+    assert "goes upstream inside the pull requests of the kits 0003-" in capsys.readouterr().err
     assert main(["upstream", "0004"]) == 2
     assert main(["upstream", "0004", "--out", str(tmp_path), "--release", "0.1.0"]) == 2
     assert "no series for vLLM 0.1.0" in capsys.readouterr().err

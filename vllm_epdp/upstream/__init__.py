@@ -66,12 +66,20 @@ def run(args) -> int:
         for patch in patches:
             kit = kit_for(patch, kits)
             issue = f"#{kit.issue}" if kit and kit.issue else ("new issue" if kit else "")
-            print(f"{patch.number}  {'kit ' + kit.name if kit else 'no kit':<40}  {issue:<10}  {patch.subject}")
+            carried = _carried_by(patch, kits)
+            where = f"kit {kit.name}" if kit else (f"carried by {', '.join(carried)}" if carried else "no kit")
+            print(f"{patch.number}  {where:<40}  {issue:<10}  {patch.subject}")
         return 0
     if not args.patch or not args.out:
         raise EpdpError("name a PATCH and --out DIR (or pass --list)")
     (patch,) = select(patches, [args.patch])
     kit = kit_for(patch, kits)
+    carried = _carried_by(patch, kits)
+    if kit is None and carried:
+        raise EpdpError(
+            f"{patch.number} goes upstream inside the pull requests of the kits {', '.join(carried)}: "
+            f"write one of those (vllm-epdp upstream {carried[0][:4]} --out DIR)"
+        )
     if kit is None:
         have = ", ".join(sorted({p.number for p in patches for k in kits if k.patch == p.name})) or "none"
         raise EpdpError(
@@ -79,6 +87,12 @@ def run(args) -> int:
             "test (vllm_epdp/upstream/kits.py says how)"
         )
     return write(kit, release, patches, Path(args.out), run_tests=not args.no_run)
+
+
+def _carried_by(patch, kits: list[Kit]) -> list[str]:
+    """Names of the kits whose pull requests carry ``patch`` (e.g. 0002, a
+    new module, goes with its first callers)."""
+    return [k.name for k in kits if patch.name in k.carries]
 
 
 def _release(wanted: str | None, patch: str | None = None) -> str:
