@@ -59,9 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    release = _release(args.release, None if args.list else args.patch)
-    patches = load_series(release)
     kits = load_kits()
+    release = _release(args.release, None if args.list else args.patch, kits)
+    patches = load_series(release)
     if args.list:
         for patch in patches:
             kit = kit_for(patch, kits)
@@ -86,6 +86,11 @@ def run(args) -> int:
             f"{patch.number} has no kit yet (kits for {have}): write upstream/<name>/kit.toml and its "
             "test (vllm_epdp/upstream/kits.py says how)"
         )
+    if not kit.written_for(release):
+        raise EpdpError(
+            f"kit {kit.name} is written for vLLM {', '.join(kit.releases)} only (on {release} its patch does "
+            f"not apply without earlier patches of the series): pass --release {kit.releases[-1]}"
+        )
     return write(kit, release, patches, Path(args.out), run_tests=not args.no_run)
 
 
@@ -95,19 +100,21 @@ def _carried_by(patch, kits: list[Kit]) -> list[str]:
     return [k.name for k in kits if patch.name in k.carries]
 
 
-def _release(wanted: str | None, patch: str | None = None) -> str:
+def _release(wanted: str | None, patch: str | None = None, kits: list[Kit] | None = None) -> str:
     """--release X, else the newest series (holding PATCH, where one is
-    named: a patch of an older series only, such as 0014, gets that one)."""
+    named, and that its kit is written for)."""
     versions = supported_versions()
     if not versions:
         raise EpdpError("no patch series at all in this vllm-epdp: reinstall it")
     if wanted is None:
         for version in reversed(versions) if patch else ():
             try:
-                select(load_series(version), [patch])
+                (found,) = select(load_series(version), [patch])
             except EpdpError:
                 continue
-            return version
+            kit = kit_for(found, kits)
+            if kit is None or kit.written_for(version):
+                return version
         return versions[-1]
     release = str(public_version(wanted))
     if release not in versions:
