@@ -31,7 +31,7 @@ its engine cores at shutdown before their exit write), every worker's
 model-runner steps (real and dummy batches, from the ledger: exact), ledger
 entries and groups. Progress on stderr every minute.
 
-  flock /tmp/epdp-heavy.lock .venv/bin/python benchmarks/async_soak.py --minutes 30 \\
+  .venv/bin/python benchmarks/async_soak.py --minutes 30 \\
       --json docs/async_soak.json --markdown docs/async_soak.md
 
 Wall time: the server's start (~1-2 minutes on 2 cores), --minutes of traffic,

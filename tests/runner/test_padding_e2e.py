@@ -1,4 +1,4 @@
-"""Patches 0008, 0010 and 0013 end to end, on both model runners: the BRIEF's
+"""Patches 0008, 0010 and 0013 end to end, on both model runners: the reports'
 scenario (DP=2 + EP, eager, uneven load: 7 prompts on rank 0, one short one
 on rank 1, which then idles through dummy steps) with the collective ledger
 and vllm_epdp.nan_watch (real vs padding rows of every decoder module) on.

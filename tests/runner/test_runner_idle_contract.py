@@ -9,7 +9,7 @@ at runner level (vLLM's real CPU model runner, tiny dense model, DP=2 gloo):
   joins under DPEngineCoreProc (tests/runner/test_idle_ranks_e2e.py).
 
 This is why the series has no "idle DP ranks always join" patch (the
-BRIEF's fix 5 idea; upstream #44601/#51984/#53578): docs/idle_ranks.md.
+idea of a user's workaround; upstream #44601/#51984/#53578): docs/idle_ranks.md.
 """
 
 from pathlib import Path

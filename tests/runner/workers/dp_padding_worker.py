@@ -11,7 +11,7 @@ from vllm.v1.worker.gpu.dp_utils import dispatch_cg_and_sync_dp
 
 config = vllm_dist.init(enable_expert_parallel=True)
 pc = config.parallel_config
-# The BRIEF's uneven step: 37 tokens on rank 0, 1 on rank 1; then an idle
+# The reported uneven step: 37 tokens on rank 0, 1 on rank 1; then an idle
 # rank's dummy step (1 token) against a long prefill.
 steps = [[37, 1], [1, 512], [5, 5]]
 result = {f"{runner}_{key}": [] for runner in ("v1", "v2") for key in ("ep", "no_ep")}

@@ -13,7 +13,7 @@ and 0010 in either state):
 Buffers start as NaN, standing in for torch.empty garbage.
 
 The XPU kernel is absent here: a stand-in enforces its contract (token
-tensors hold exactly num_actual_tokens rows, BRIEF fix 2) and writes ones.
+tensors hold exactly num_actual_tokens rows, as 0009 requires) and writes ones.
 """
 
 import json
