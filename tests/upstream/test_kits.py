@@ -50,12 +50,19 @@ def test_kit_fails_on_the_release_and_passes_with_the_series(runs, kit):
 
 
 def test_every_kit_sends_patches_of_the_series():
-    newest = load_series(supported_versions()[-1])
+    """Each kit serves every series holding its patch that it is written for
+    (kit.toml `releases`, default all): there, the patches it carries are in
+    the series too, before it."""
     assert KITS, "no kit found"
     for kit in KITS:
-        carried = kit.resolve(newest)  # raises naming a patch the series lacks
-        assert carried[-1].name == kit.patch, f"{kit.name}: its patch must come after the ones it carries"
-        assert kit.test_functions(supported_versions()[-1]), f"{kit.name}: no test_* function"
+        releases_with = [
+            v for v in supported_versions() if kit.patch in {p.name for p in load_series(v)} and kit.written_for(v)
+        ]
+        assert releases_with, f"{kit.name}: no series it is written for holds {kit.patch}"
+        for release in releases_with:
+            carried = kit.resolve(load_series(release))  # raises naming a patch the series lacks
+            assert carried[-1].name == kit.patch, f"{kit.name}: its patch must come after the ones it carries"
+            assert kit.test_functions(release), f"{kit.name}: no test_* function"
 
 
 @pytest.mark.parametrize("release", sorted({supported_versions()[-1], installed_release()}))
@@ -110,10 +117,15 @@ def test_list_and_errors(tmp_path, capsys):
     for kit in KITS:
         assert f"kit {kit.name}" in listed
     patches = load_series(supported_versions()[-1])
-    without_kit = [p for p in patches if p.name not in {k.patch for k in KITS}]
+    carried = {name for k in KITS for name in k.carries}
+    without_kit = [p for p in patches if p.name not in {k.patch for k in KITS} | carried]
     if without_kit:
         assert main(["upstream", without_kit[0].number, "--out", str(tmp_path / "x")]) == 2
         assert "has no kit yet" in capsys.readouterr().err
+    # 0002 (a new module) has no kit of its own: it goes with 0003's and 0006's.
+    assert "0002  carried by 0003-" in listed
+    assert main(["upstream", "0002", "--out", str(tmp_path / "y")]) == 2
+    assert "goes upstream inside the pull requests of the kits 0003-" in capsys.readouterr().err
     assert main(["upstream", "0004"]) == 2
     assert main(["upstream", "0004", "--out", str(tmp_path), "--release", "0.1.0"]) == 2
     assert "no series for vLLM 0.1.0" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--release",
         metavar="X",
-        help="the series and the release files to write the kit for (default: the newest series)",
+        help="the series and the release files to write the kit for (default: the newest series holding PATCH)",
     )
     p.add_argument("--out", metavar="DIR", help="directory to write the kit into (must not hold one yet)")
     p.add_argument("--no-run", action="store_true", help="write the kit without running its test")
@@ -59,33 +59,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    release = _release(args.release)
-    patches = load_series(release)
     kits = load_kits()
+    release = _release(args.release, None if args.list else args.patch, kits)
+    patches = load_series(release)
     if args.list:
         for patch in patches:
             kit = kit_for(patch, kits)
             issue = f"#{kit.issue}" if kit and kit.issue else ("new issue" if kit else "")
-            print(f"{patch.number}  {'kit ' + kit.name if kit else 'no kit':<40}  {issue:<10}  {patch.subject}")
+            carried = _carried_by(patch, kits)
+            where = f"kit {kit.name}" if kit else (f"carried by {', '.join(carried)}" if carried else "no kit")
+            print(f"{patch.number}  {where:<40}  {issue:<10}  {patch.subject}")
         return 0
     if not args.patch or not args.out:
         raise EpdpError("name a PATCH and --out DIR (or pass --list)")
     (patch,) = select(patches, [args.patch])
     kit = kit_for(patch, kits)
+    carried = _carried_by(patch, kits)
+    if kit is None and carried:
+        raise EpdpError(
+            f"{patch.number} goes upstream inside the pull requests of the kits {', '.join(carried)}: "
+            f"write one of those (vllm-epdp upstream {carried[0][:4]} --out DIR)"
+        )
     if kit is None:
         have = ", ".join(sorted({p.number for p in patches for k in kits if k.patch == p.name})) or "none"
         raise EpdpError(
             f"{patch.number} has no kit yet (kits for {have}): write upstream/<name>/kit.toml and its "
             "test (vllm_epdp/upstream/kits.py says how)"
         )
+    if not kit.written_for(release):
+        raise EpdpError(
+            f"kit {kit.name} is written for vLLM {', '.join(kit.releases)} only (on {release} its patch does "
+            f"not apply without earlier patches of the series): pass --release {kit.releases[-1]}"
+        )
     return write(kit, release, patches, Path(args.out), run_tests=not args.no_run)
 
 
-def _release(wanted: str | None) -> str:
+def _carried_by(patch, kits: list[Kit]) -> list[str]:
+    """Names of the kits whose pull requests carry ``patch`` (e.g. 0002, a
+    new module, goes with its first callers)."""
+    return [k.name for k in kits if patch.name in k.carries]
+
+
+def _release(wanted: str | None, patch: str | None = None, kits: list[Kit] | None = None) -> str:
+    """--release X, else the newest series (holding PATCH, where one is
+    named, and that its kit is written for)."""
     versions = supported_versions()
     if not versions:
         raise EpdpError("no patch series at all in this vllm-epdp: reinstall it")
     if wanted is None:
+        for version in reversed(versions) if patch else ():
+            try:
+                (found,) = select(load_series(version), [patch])
+            except EpdpError:
+                continue
+            kit = kit_for(found, kits)
+            if kit is None or kit.written_for(version):
+                return version
         return versions[-1]
     release = str(public_version(wanted))
     if release not in versions:

@@ -22,6 +22,9 @@ kit.toml fields::
                                   # "cpu" (CI runs it both ways) or "xpu"/"cuda"
   passes_without = ["test_x"]     # test functions that also pass unpatched
                                   # (guards of behaviour kept; default none)
+  releases = ["0.32.0"]           # the series it is written for, where its
+                                  # patches apply without the ones before
+                                  # (default: every series holding the patch)
   [[tests]]
   path = "tests/distributed/test_cpu_communicator.py"
   mode = "new"                    # or "append": added to the end of vLLM's file
@@ -70,6 +73,7 @@ class Kit:
     device: str
     tests: tuple[KitTest, ...]
     passes_without: tuple[str, ...] = ()
+    releases: tuple[str, ...] = ()  # empty: every series holding its patch
     ci_file: str | None = None
     ci_beside: str | None = None
     pr: dict = field(default_factory=dict, hash=False, compare=False)
@@ -85,6 +89,11 @@ class Kit:
         """Every series patch the pull request carries (series order is the
         caller's to impose)."""
         return (*self.carries, self.patch)
+
+    def written_for(self, release: str) -> bool:
+        """Whether the kit is written for ``release``'s series (its patches
+        apply there on their own)."""
+        return not self.releases or release in self.releases
 
     def source(self, test: KitTest, release: str) -> Path:
         """Our file for ``test`` on ``release``: the release's own form if the
@@ -174,6 +183,7 @@ def load_kit(directory: Path) -> Kit:
         device=device,
         tests=tuple(tests),
         passes_without=tuple(data.get("passes_without", ())),
+        releases=tuple(data.get("releases", ())),
         ci_file=ci.get("file"),
         ci_beside=ci.get("beside"),
         pr=dict(need("pr")),

@@ -165,22 +165,24 @@ def parse_junit(path: Path, owner: dict[str, str]) -> list[TestResult]:
             child = case.find(tag)
             if child is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                message = _first_line(child.get("message") or child.text or "")
+                message = _first_line(child.get("message") or child.text or "", child.text or "")
                 break
         kit = owner.get(node.split("[")[0]) or owner.get(file, "")
         results.append(TestResult(node, kit, outcome, float(case.get("time") or 0.0), message))
     return results
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: str, report: str = "") -> str:
     """The line that says what failed: pytest's message, or, where that only
     wraps a worker's exception (torch.multiprocessing's ProcessRaisedException),
-    the worker's own last exception line."""
+    the worker's own last exception line, from the message or, where pytest
+    cut the message short, from the full report (its lines marked "E")."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return ""
     if lines[0].endswith(":") or "ProcessRaisedException" in lines[0]:
-        raised = [line for line in lines[1:] if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+        detail = lines[1:] + [re.sub(r"^E\s+", "", line.strip()) for line in report.splitlines()]
+        raised = [line for line in detail if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
         if raised:
             return raised[-1][:300]
     return lines[0][:300]
