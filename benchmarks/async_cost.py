@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import async_probe, overlay
+from vllm_epdp.diagnostics import async_probe
+from vllm_epdp.patching import overlay
 from vllm_epdp.verify import runner
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
@@ -117,8 +118,8 @@ def main() -> int:
     ap.add_argument("--markdown", help="write the markdown table here")
     args = ap.parse_args()
 
-    from vllm_epdp import tiny_models
     from vllm_epdp.cache import cache_root
+    from vllm_epdp.harness import tiny_models
 
     model_dir = tiny_models.build("qwen3-moe", cache_root() / "models" / "qwen3-moe")
     model = Model("qwen3-moe", str(model_dir), "float32", "exact")

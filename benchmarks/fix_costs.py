@@ -53,7 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import overlay
+from vllm_epdp.patching import overlay
 from vllm_epdp.verify import runner
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
@@ -92,7 +92,7 @@ def engine_scenarios(round_: int, reps: int, tokens: int) -> list[Scenario]:
 
 
 def variant_paths(variants: list[str]) -> dict[str, Path]:
-    from vllm_epdp.variants import overlay_without
+    from vllm_epdp.patching.variants import overlay_without
 
     paths = {}
     for v in variants:
@@ -164,7 +164,7 @@ def main() -> int:
         print(json.dumps(engine_scenarios(0, 1, args.tokens)[1].to_json(2))[:400])
         return 0
 
-    from vllm_epdp import tiny_models
+    from vllm_epdp.harness import tiny_models
 
     model = Model("qwen3-moe", str(tiny_models.build_qwen3_moe(args.model_dir)), "float32", "exact")
     workroot = Path(args.workdir or tempfile.mkdtemp(prefix="fixcost-"))

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import overlay
+from vllm_epdp.patching import overlay
 from vllm_epdp.verify import runner
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
@@ -95,7 +95,7 @@ def run_engine(variant: str, model: Model, scenarios: list[Scenario], tokens: in
 def ledger_size(directory: Path) -> dict:
     """Entries, steps and bytes of the ledger files of processes that ran
     steps (the workers), and what problems compare found (must be none)."""
-    from vllm_epdp import ledger
+    from vllm_epdp.diagnostics import ledger
 
     entries = steps = size = 0
     for path in directory.glob("*.jsonl"):
@@ -139,7 +139,7 @@ def main() -> int:
     ap.add_argument("--markdown", help="write the markdown table here")
     args = ap.parse_args()
 
-    from vllm_epdp import tiny_models
+    from vllm_epdp.harness import tiny_models
 
     model = Model("qwen3-moe", str(tiny_models.build_qwen3_moe(args.model_dir)), "float32", "exact")
     workroot = Path(args.workdir or tempfile.mkdtemp(prefix="ledgercost-"))

@@ -8,9 +8,10 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from vllm_epdp import patching, releases
-from vllm_epdp.series import load_series
-from vllm_epdp.target import Target
+from vllm_epdp import patching
+from vllm_epdp.patching import releases
+from vllm_epdp.patching.series import load_series
+from vllm_epdp.patching.vllm_tree import Target
 
 # Series for releases with no CPU build here, tested on their own files.
 RELEASES = ("0.33.0", "0.34.0")

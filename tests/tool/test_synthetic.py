@@ -13,8 +13,8 @@ import tool_helpers as th
 from vllm_epdp import patching
 from vllm_epdp.errors import CheckFailed, EpdpError
 from vllm_epdp.patching import change, git
-from vllm_epdp.series import load_series
-from vllm_epdp.target import Target, record_mismatches
+from vllm_epdp.patching.series import load_series
+from vllm_epdp.patching.vllm_tree import Target, record_mismatches
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -227,7 +227,7 @@ def test_git_failure_half_way_rolls_back(site, patches_env, monkeypatch):
 def th_record(site):
     from importlib.metadata import PathDistribution
 
-    from vllm_epdp.target import read_record
+    from vllm_epdp.patching.vllm_tree import read_record
 
     return read_record(PathDistribution(next(site.glob("*.dist-info"))))
 

@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass
 
 from vllm_epdp.errors import CheckFailed, EpdpError
+from vllm_epdp.patching.applied import backfill_record, update_record
 from vllm_epdp.patching.files import drop_bytecode, file_modes, require_writable, restore_modes
 from vllm_epdp.patching.git import Scratch, all_files, git_apply
 from vllm_epdp.patching.journal import Journal, recover
 from vllm_epdp.patching.lock import root_lock
 from vllm_epdp.patching.log import Log, to_stderr
-from vllm_epdp.patching.record import backfill_record, update_record
+from vllm_epdp.patching.series import Patch, select
 from vllm_epdp.patching.status import (
     APPLIED,
     CONFLICTS,
@@ -30,8 +31,7 @@ from vllm_epdp.patching.status import (
     conflict_summary,
     status,
 )
-from vllm_epdp.series import Patch, select
-from vllm_epdp.target import Target, record_mismatches
+from vllm_epdp.patching.vllm_tree import Target, record_mismatches
 
 # Test hook: sleep this many seconds after each patch written, so that tests can
 # interrupt an apply/revert half way.

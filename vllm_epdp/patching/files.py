@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.target import Target
+from vllm_epdp.patching.vllm_tree import Target
 
 
 def require_writable(target: Target, paths: Iterable[str]) -> None:

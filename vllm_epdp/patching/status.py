@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from vllm_epdp.patching.applied import record_dir, recorded
 from vllm_epdp.patching.git import Scratch, all_files
-from vllm_epdp.patching.record import record_dir, recorded
-from vllm_epdp.series import Patch
-from vllm_epdp.target import Target
+from vllm_epdp.patching.series import Patch
+from vllm_epdp.patching.vllm_tree import Target
 
 APPLIED = "applied"
 NOT_APPLIED = "not applied"

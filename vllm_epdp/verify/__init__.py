@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import target
+from vllm_epdp import model_runners
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.patching import vllm_tree
 from vllm_epdp.verify import plan as plan_mod
 from vllm_epdp.verify.args import add_arguments, make_plan
 from vllm_epdp.verify.assess import assess
@@ -38,16 +39,16 @@ def _say(msg: str) -> None:
 def _vllm_location() -> dict:
     """The vLLM the runs will import (verify needs no wheel: --model on an
     editable install is fine), for the report."""
-    package = target.importable_package()
+    package = model_runners.importable_package()
     if package is None:
         raise EpdpError(
             "vLLM is not importable by this Python; install it (CPU: ./dev setup) or run verify from its environment"
         )
-    return {"location": str(package), "version": target.version_from_file(package.parent) or "unknown"}
+    return {"location": str(package), "version": vllm_tree.version_from_file(package.parent) or "unknown"}
 
 
 def _build_models(plan: plan_mod.Plan) -> None:
-    from vllm_epdp import tiny_models
+    from vllm_epdp.harness import tiny_models
 
     needed = {c.model for c, _ in plan.runs()}
     for key in sorted(needed):

@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_epdp import ports, procs, runners
-from vllm_epdp.cpu_host import cpu_env
+from vllm_epdp import model_runners
+from vllm_epdp.harness import ports, procs
+from vllm_epdp.harness.cpu_host import cpu_env
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.rank import PROGRESS
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
@@ -61,8 +62,8 @@ class RunResult:
 def base_env(config: Config, model: Model, settings: Settings, workdir: Path) -> dict[str, str]:
     env = dict(os.environ)
     if settings.device == "cpu":
-        env = cpu_env(env, config.dp * config.tp)
-    if model.offline:
+        env = cpu_env(env, config.dp * config.tp, hub_offline=model.offline)
+    elif model.offline:
         env["HF_HUB_OFFLINE"] = "1"
     if config.reference and config.tp == 1 and config.launcher == "mp" and settings.device == "cpu":
         # The single-rank reference needs no engine-core or worker process:
@@ -73,7 +74,7 @@ def base_env(config: Config, model: Model, settings: Settings, workdir: Path) ->
     if settings.ledger:
         env["VLLM_EPDP_LEDGER"] = str(workdir / "ledger")
     env.update(settings.extra_env)
-    return runners.runner_env(config.runner, env, settings.device)
+    return model_runners.runner_env(config.runner, env, settings.device)
 
 
 class ProgressReader:
