@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vllm_epdp import model_runners
 from vllm_epdp.diagnostics import ledger
-from vllm_epdp.harness import cpu_host, procs
+from vllm_epdp.harness import cpu_host, offline_dp, procs
 from vllm_epdp.harness.ports import free_port
 
 SLOW_FRONTEND = Path(__file__).parent / "workers" / "slow_frontend.py"
@@ -90,14 +90,7 @@ def run_schedule(
         }
         path = workdir / f"spec{rank}.json"
         path.write_text(json.dumps(spec))
-        e = dict(base)
-        e.update(
-            VLLM_DP_RANK=str(rank),
-            VLLM_DP_RANK_LOCAL=str(rank),
-            VLLM_DP_SIZE=str(len(waves)),
-            VLLM_DP_MASTER_IP="127.0.0.1",
-            VLLM_DP_MASTER_PORT=str(port),
-        )
+        e = dict(base, **offline_dp.dp_env(rank, len(waves), port))
         if frontend_gap_s is None:
             argv = [sys.executable, "-m", "vllm_epdp.verify.rank", str(path)]
         else:

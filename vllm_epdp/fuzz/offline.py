@@ -31,8 +31,8 @@ from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
 from vllm_epdp.fuzz.verdict import Outcome, judge
 from vllm_epdp.harness import procs
 from vllm_epdp.harness.cpu_host import cpu_env
-from vllm_epdp.verify.rank import PROGRESS
-from vllm_epdp.verify.runner import rank_processes, write_spec
+from vllm_epdp.harness.offline_dp import rank_processes, write_spec
+from vllm_epdp.harness.offline_engine import PROGRESS
 
 SCHEDULE_TIMEOUT_S = 300.0
 START_LIMIT_S = 600.0

@@ -72,9 +72,9 @@ def run(args) -> int:
         workroot.mkdir(parents=True, exist_ok=True)
     else:
         workroot = Path(tempfile.mkdtemp(prefix="vllm-epdp-verify-"))
-    from vllm_epdp.verify import runner, server
+    from vllm_epdp.verify import offline, server
 
-    settings = runner.Settings(
+    settings = offline.Settings(
         device=args.device,
         timeout_s=args.timeout,
         watch=args.deep or not args.model,  # the hooks cost a host sync per layer: opt-in on real models
@@ -85,7 +85,7 @@ def run(args) -> int:
     # Targets first: a target that crashes needs no reference, so a broken
     # setup fails fast. A model's reference runs only if one of its targets
     # produced output to compare.
-    results: dict[str, runner.RunResult] = {}
+    results: dict[str, offline.RunResult] = {}
     runs = plan.runs()
     ordered = [r for r in runs if not r[0].reference] + [r for r in runs if r[0].reference]
     for config, scenarios in ordered:
@@ -99,7 +99,7 @@ def run(args) -> int:
             continue
         workdir = workroot / config.key
         shutil.rmtree(workdir, ignore_errors=True)
-        run_fn = server.run_server if config.launcher == "serve" else runner.run_offline
+        run_fn = server.run_server if config.launcher == "serve" else offline.run_offline
         result = run_fn(config, model, scenarios, workdir, settings)
         results[config.key] = result
         _say(f"[verify] {config.key}: {'done' if result.ok else 'FAILED'} ({result.wall_s:.0f} s)")

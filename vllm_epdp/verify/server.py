@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 
 from vllm_epdp.harness import ports, procs, serving
+from vllm_epdp.verify.offline import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.plan import Config, Model
-from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
 SHUTDOWN_GRACE_S = 30.0

@@ -1,11 +1,10 @@
-"""Start one configuration's processes, watch them, collect their outputs.
+"""Verify one configuration offline: start its ranks, watch them, collect their outputs.
 
-Offline ("mp"): one ``verify/rank.py`` process per DP rank, vLLM's offline
-data-parallel pattern (VLLM_DP_RANK, VLLM_DP_SIZE, VLLM_DP_MASTER_IP/PORT in
-the environment); with DP=1 one process (TP>1 makes vLLM start its workers).
-torchrun: one ``torchrun --nproc-per-node=DP*TP`` running rank.py in every
-process (external launcher). Every group runs under procs.ProcGroup: hard
-deadline, stacks of every process on a hang, nothing left behind.
+The processes come from harness.offline_dp (a ``verify/rank.py`` process per
+DP rank in vLLM's offline DP pattern, or one torchrun of every rank under the
+external launcher); each runs verify's scenarios in one engine. The group runs
+under procs.ProcGroup: hard deadline, stacks of every process on a hang,
+nothing left behind.
 """
 
 from __future__ import annotations
@@ -13,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 from vllm_epdp import model_runners
-from vllm_epdp.harness import ports, procs
+from vllm_epdp.harness import procs
 from vllm_epdp.harness.cpu_host import cpu_env
+from vllm_epdp.harness.offline_dp import rank_processes, write_spec
+from vllm_epdp.harness.offline_engine import PROGRESS
 from vllm_epdp.verify.plan import Config, Model
-from vllm_epdp.verify.rank import PROGRESS
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
 LOGPROBS = 5
@@ -129,49 +128,6 @@ def rank_spec(config: Config, model: Model, scenarios: list[str], workdir: Path,
         "out": str(workdir / "out" / "rank{rank}.json"),
         "barrier_dir": str(workdir / "barrier"),
     }
-
-
-def write_spec(workdir: Path, dp_rank: int | None, spec: dict) -> Path:
-    path = workdir / ("spec.json" if dp_rank is None else f"spec-rank{dp_rank}.json")
-    path.write_text(json.dumps(spec))
-    return path
-
-
-def rank_processes(
-    dp: int, tp: int, launcher: str, env: dict[str, str], module: str, spec_for, workdir: Path
-) -> list[procs.ProcSpec]:
-    """The processes of one offline engine: ``python -m MODULE SPEC`` per DP
-    rank with vLLM's DP environment (launcher "mp"), or one torchrun of
-    DP x TP processes running MODULE (launcher "torchrun": external launcher).
-    ``spec_for(dp_rank)`` writes a rank's spec and returns its path; under
-    torchrun it is asked once, with None (every process reads the same spec)."""
-    if launcher == "torchrun":
-        argv = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={dp * tp}",
-            f"--master-port={ports.free_port()}",
-            "-m",
-            module,
-            str(spec_for(None)),
-        ]
-        return [procs.ProcSpec("torchrun", argv, env, workdir / "torchrun.log")]
-    port = ports.free_port()
-    specs = []
-    for rank in range(dp):
-        rank_env = dict(env)
-        if dp > 1:
-            rank_env.update(
-                VLLM_DP_RANK=str(rank),
-                VLLM_DP_RANK_LOCAL=str(rank),
-                VLLM_DP_SIZE=str(dp),
-                VLLM_DP_MASTER_IP="127.0.0.1",
-                VLLM_DP_MASTER_PORT=str(port),
-            )
-        argv = [sys.executable, "-m", module, str(spec_for(rank))]
-        specs.append(procs.ProcSpec(f"rank{rank}", argv, rank_env, workdir / f"rank{rank}.log"))
-    return specs
 
 
 def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
