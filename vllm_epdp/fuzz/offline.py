@@ -28,7 +28,7 @@ from vllm_epdp.fuzz.client import Answer
 from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Schedule
 from vllm_epdp.fuzz.session import SessionBase, ledger_problems
 from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
-from vllm_epdp.fuzz.verdict import Outcome, judge
+from vllm_epdp.fuzz.verdict import Verdict, judge
 from vllm_epdp.harness import procs
 from vllm_epdp.harness.cpu_host import cpu_env
 from vllm_epdp.harness.offline_dp import rank_processes, write_spec
@@ -152,7 +152,7 @@ class OfflineSession(SessionBase):
         """Stop ranks that hung or died now; the next schedule starts new ones."""
         self._stop_ranks()
 
-    def run(self, schedule: Schedule) -> Outcome:
+    def run(self, schedule: Schedule) -> Verdict:
         if self.group is None or not self.alive():
             self._stop_ranks()
             self.restarts += 1

@@ -13,7 +13,7 @@ from vllm_epdp.diagnostics import async_probe, ledger
 from vllm_epdp.fuzz import client
 from vllm_epdp.fuzz.schedule import Request, Schedule
 from vllm_epdp.fuzz.targets import Target
-from vllm_epdp.fuzz.verdict import Outcome, judge
+from vllm_epdp.fuzz.verdict import Verdict, judge
 from vllm_epdp.harness import serving
 
 REQUEST_TIMEOUT_S = 120.0
@@ -143,7 +143,7 @@ class Session(SessionBase):
         self.target_stack.close()
         self.server = None
 
-    def run(self, schedule: Schedule) -> Outcome:
+    def run(self, schedule: Schedule) -> Verdict:
         if self.server is None or not self.server.alive() or not serving.healthy(self.server.url):
             if self.server is not None:
                 self.retire_target()
