@@ -33,7 +33,7 @@ from vllm_epdp import patching
 from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.patching.series import load_series, series_hash
-from vllm_epdp.patching.vllm_tree import Target, detect_installed, wheel_mismatches
+from vllm_epdp.patching.vllm_tree import VllmTree, detect_installed, wheel_mismatches
 
 STATES = ("pristine", "patched")
 _FORMAT = "2"  # bump when the overlay layout or its checks change
@@ -52,7 +52,7 @@ def make_overlay(
     dest_root: str | Path | None = None,
     state: str = "patched",
     version: str | None = None,
-    target: Target | None = None,
+    target: VllmTree | None = None,
 ) -> Path:
     """Directory to put first on PYTHONPATH to import vLLM in ``state``.
 
@@ -83,7 +83,7 @@ def make_overlay(
     try:
         with patching.root_lock(target.root, shared=True):
             copy_package(target.package_dir, tmp / "vllm")
-        overlay = Target(
+        overlay = VllmTree(
             kind="overlay",
             root=tmp,
             version=target.version,
@@ -137,7 +137,7 @@ def publish(tmp: Path, final: Path, info: dict) -> Path:
     return final
 
 
-def _bring_to_state(overlay: Target, installed: Target, patches, state: str) -> None:
+def _bring_to_state(overlay: VllmTree, installed: VllmTree, patches, state: str) -> None:
     """Whatever state the installed vLLM is in: back to the wheel's bytes, then
     (patched) the whole series on top."""
     quiet = lambda line: None  # noqa: E731 - progress lines are for the CLI
@@ -174,7 +174,7 @@ def env_with(path: Path, base: dict | None = None) -> dict:
     return env
 
 
-def _key(target: Target, state: str, version: str) -> str:
+def _key(target: VllmTree, state: str, version: str) -> str:
     h = hashlib.sha256()
     record = "\n".join(f"{p},{e.sha256},{e.size}" for p, e in sorted(target.record.items()))
     # The pristine overlay is the wheel's bytes (checked file by file), whatever

@@ -40,7 +40,7 @@ class RecordEntry:
 
 
 @dataclass
-class Target:
+class VllmTree:
     kind: str  # "installed" | "checkout" | "overlay"
     root: Path  # directory holding vllm/
     version: str | None  # None: a source tree whose version nothing says
@@ -68,7 +68,7 @@ class Target:
         return self.version
 
 
-def detect_installed() -> Target:
+def detect_installed() -> VllmTree:
     """The vLLM importable by this Python (``sys.path``), from package metadata."""
     package_dir = importable_package()
     if package_dir is None:
@@ -87,7 +87,7 @@ def detect_installed() -> Target:
         )
     name = dist.metadata["Name"]
     version = dist.version
-    return Target(
+    return VllmTree(
         kind="installed",
         root=root,
         version=version,
@@ -97,7 +97,7 @@ def detect_installed() -> Target:
     )
 
 
-def detect_checkout(directory: str | Path) -> Target:
+def detect_checkout(directory: str | Path) -> VllmTree:
     """A vLLM source tree; version from vllm/_version.py or the git tag (None
     if neither says: the caller decides whether it needs one)."""
     root = Path(directory).expanduser().resolve()
@@ -114,7 +114,7 @@ def detect_checkout(directory: str | Path) -> Target:
         runner = model_runner(None, version or "", root / "vllm")
     else:
         runner = "unknown (the version of this tree is unknown)"
-    return Target(kind="checkout", root=root, version=version, model_runner=runner, version_unknown_why=why)
+    return VllmTree(kind="checkout", root=root, version=version, model_runner=runner, version_unknown_why=why)
 
 
 def model_runner(distribution: str | None, version: str, package_dir: Path | None = None) -> str:
