@@ -119,6 +119,12 @@ class Server:
         return "\n".join(f"--- {p}\n{log_forensics.log_tail(p, lines)}" for p in self.logs)
 
 
+def token_id(text: str) -> int:
+    """A token of a completion asked with ``return_tokens_as_token_ids``: the
+    server writes it as "token_id:123"."""
+    return int(text.rpartition(":")[2])
+
+
 def healthy(url: str, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=timeout_s) as r:
