@@ -7,8 +7,8 @@ import json
 from argparse import Namespace
 
 from vllm_epdp.verify.assess import assess, ran_runner
+from vllm_epdp.verify.offline import RunResult
 from vllm_epdp.verify.plan import Config, Model
-from vllm_epdp.verify.runner import RunResult
 from vllm_epdp.verify.table import format_table
 
 MODEL = Model("qwen3-moe", "/nowhere", "float32", "exact")

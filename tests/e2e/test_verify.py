@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import procs
+from vllm_epdp.harness import procs
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ full-expert result. Writes, per case (dtype, experts class, scenario), the
 layer output and a dense float64 torch reference to EPDP_RESULT (torch.save).
 
 Which kernels run is chosen, not left to the machine:
-  EPDP_CPU_LEVEL  x86 level to run at (vllm_epdp.cpu_isa.emulate; default the
+  EPDP_CPU_LEVEL  x86 level to run at (vllm_epdp.harness.cpu_isa.emulate; default the
                   CPU's own): decides the kernel build vLLM loads
   EPDP_EXPERTS    "all" (default): each unquantized CPU experts class this
                   level can run, in turn; or one class name
@@ -135,7 +135,7 @@ def preferring(chosen: type):
 
 
 def main() -> None:
-    from vllm_epdp import cpu_isa
+    from vllm_epdp.harness import cpu_isa
 
     level = os.environ.get("EPDP_CPU_LEVEL") or cpu_isa.native_level()
     cpu_isa.emulate(level)  # before vLLM loads its kernels

@@ -16,7 +16,7 @@ from vllm_epdp.verify.plan import Model
 
 def assess(result, model: Model, reference, args) -> dict:
     """One table row (and JSON entry) for a run."""
-    from vllm_epdp import nonfinite
+    from vllm_epdp.diagnostics import nonfinite
 
     config = result.config
     row = {
@@ -67,7 +67,7 @@ def assess(result, model: Model, reference, args) -> dict:
             )
             row["problems"].append(f"non-finite rows: {bad_real} real, {bad_pad} padding; {where}")
     if args.ledger:
-        from vllm_epdp import ledger
+        from vllm_epdp.diagnostics import ledger
 
         ledger_dir = result.workdir / "ledger"
         mismatches = ledger.compare(ledger_dir) if ledger_dir.exists() else ["no ledger was written"]
@@ -111,8 +111,8 @@ def ran_runner(workdir: Path, watch: dict | None) -> str | None:
     """The model runner a run really used: what nan_watch saw in the worker
     (the runner's class), else vLLM's own log line for V2 (V1 logs none of its
     own); None if no engine got that far."""
-    from vllm_epdp import runners
+    from vllm_epdp import model_runners
 
     if watch and watch.get("runners"):
         return "+".join(sorted(watch["runners"]))
-    return runners.runner_in_logs(Path(workdir).glob("*.log"))
+    return model_runners.runner_in_logs(Path(workdir).glob("*.log"))
