@@ -9,20 +9,22 @@ Use:
   VLLM_EPDP_LEDGER=DIR vllm serve ...      (vllm_epdp/diagnostics/plugin.py calls install)
   VLLM_EPDP_LEDGER_STALL_S=120             (also: dump every thread's stack when a
                                             collective or step hangs for 120 s)
-  python -m vllm_epdp.diagnostics.ledger compare DIR   (exit 0: every group agrees)
-  python -m vllm_epdp.diagnostics.ledger summary DIR   (entries per process and group)
-  python -m vllm_epdp.diagnostics.ledger stalls DIR    (the stall dumps' stacks)
+  vllm-epdp ledger compare DIR   (exit 0: every group agrees)
+  vllm-epdp ledger summary DIR   (entries per process and group)
+  vllm-epdp ledger stalls DIR    (the stall dumps' stacks)
 
 This module only gathers the names callers use: recording inside the vLLM
-processes is record.py (the file format) with its layers vllm_layer.py,
-torch_layer.py, graphs.py and watchdog.py; reading is read.py, comparing
+processes is install.py (start it), record.py (the file format), groups.py
+(group names) and the layers vllm_layer.py, torch_layer.py, graphs.py and
+watchdog.py; reading is read.py, comparing
 report.py, the command line cli.py.
 """
 
 from vllm_epdp.diagnostics.ledger.cli import main
 from vllm_epdp.diagnostics.ledger.graphs import instrument as instrument_graph_class
+from vllm_epdp.diagnostics.ledger.install import install
 from vllm_epdp.diagnostics.ledger.read import load
-from vllm_epdp.diagnostics.ledger.record import install, step
+from vllm_epdp.diagnostics.ledger.record import step
 from vllm_epdp.diagnostics.ledger.report import compare, counts, report, stalls, summary, wait_quiet
 
 __all__ = [

@@ -94,48 +94,31 @@ class Group:
         self.announced = False
 
 
-# ---------------------------------------------------------------- install
-def install(outdir: str | os.PathLike, stall_s: float | None = None) -> Path:
-    """Start this process's ledger in ``outdir``; idempotent. ``stall_s``:
-    start the stall watchdog with that threshold. Returns this process's file."""
+# ---------------------------------------------------------------- the file
+def open_file(outdir: str | os.PathLike) -> tuple[Path, bool]:
+    """Open this process's ledger file in ``outdir`` (once: later calls
+    return the same file). Returns the file and whether this call opened it."""
     global _installed_dir, _installed_path, _out
-    from vllm_epdp.diagnostics.ledger import graphs, torch_layer, vllm_layer, watchdog
 
     with _lock:
         if _installed_dir is not None:
-            return _installed_path
+            return _installed_path, False
         directory = Path(outdir)
         directory.mkdir(parents=True, exist_ok=True)
         _out, _installed_path = _open_new(directory)
         _installed_dir = directory
     _write_process_line()
     atexit.register(_close)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-    torch_layer.install()
-    graphs.install()
-    vllm_layer.install()
-    if stall_s:
-        watchdog.start(stall_s)
-    return _installed_path
+    return _installed_path, True
 
 
-def _write_process_line(parent: int | None = None) -> None:
-    record = {"kind": "process", "pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv[:4]}
-    if parent is not None:
-        record["forked_from"] = parent
-    record["t"] = round(time.time(), 6)
-    write(record)
-
-
-def _after_fork_in_child() -> None:
-    """A forked child (vLLM forks its engine cores and workers) is a process
-    of its own: its own file, sequence numbers, steps, group lines and
-    watchdog; it must not append to its parent's file."""
+def reopen_in_child() -> bool:
+    """In a forked child (vLLM forks its engine cores and workers): a file,
+    sequence numbers and steps of its own, never its parent's file. False if
+    the parent had no ledger."""
     global _lock, _out, _installed_path, _seq, _step_n, _step_now, _tls
     if _installed_dir is None:
-        return
-    from vllm_epdp.diagnostics.ledger import torch_layer, vllm_layer, watchdog
-
+        return False
     _lock = threading.Lock()  # another thread of the parent may have held it
     _tls = threading.local()
     if _out is not None:
@@ -145,10 +128,16 @@ def _after_fork_in_child() -> None:
     _step_now = None
     _recent.clear()
     _inflight.clear()
-    torch_layer.forget_groups()
-    vllm_layer.forget_groups()
     _write_process_line(parent=os.getppid())
-    watchdog.restart_in_child()
+    return True
+
+
+def _write_process_line(parent: int | None = None) -> None:
+    record = {"kind": "process", "pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv[:4]}
+    if parent is not None:
+        record["forked_from"] = parent
+    record["t"] = round(time.time(), 6)
+    write(record)
 
 
 def _open_new(directory: Path) -> tuple[int, Path]:

@@ -19,12 +19,10 @@ size and group name, with the member's rank in that group.
 from __future__ import annotations
 
 import functools
-import sys
-import weakref
 
 import torch
 
-from vllm_epdp.diagnostics.ledger import record
+from vllm_epdp.diagnostics.ledger import groups, record
 
 # op -> positional index of its `group` parameter (torch 2.13 signatures).
 WRAPPED_OPS: dict[str, int] = {
@@ -57,11 +55,6 @@ WRAPPED_OPS: dict[str, int] = {
     "recv_object_list": 2,
 }
 
-# process group -> record.Group. Weak keys: an entry goes with its group, so
-# a group made after one was destroyed never inherits its key (Python often
-# gives the new one the old one's memory, and so its id()).
-_groups: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 def install() -> None:
     import torch.distributed as dist
@@ -79,12 +72,6 @@ def install() -> None:
             setattr(dist, op, wrapper)
 
 
-def forget_groups() -> None:
-    """Name every process group anew at its next call (a GroupCoordinator
-    was just made: some groups now belong to it)."""
-    _groups.clear()
-
-
 def _wrap(op: str, group_index: int, original):
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
@@ -96,7 +83,7 @@ def _wrap(op: str, group_index: int, original):
             pg = kwargs.get("group")
             if pg is None and len(args) > group_index:
                 pg = args[group_index]
-            group = group_of(pg)
+            group = groups.of_torch(pg)
         except Exception as exc:
             record.error(op, exc)
             return original(*args, **kwargs)
@@ -105,68 +92,3 @@ def _wrap(op: str, group_index: int, original):
     wrapper._epdp_ledger = True
     wrapper._epdp_original = original
     return wrapper
-
-
-def group_of(pg) -> record.Group:
-    """The ledger's Group for a torch process group (None: the default group)."""
-    import torch.distributed as dist
-
-    # None means the default group: cache by the world's own group object,
-    # which a destroyed and re-initialised world replaces.
-    key_obj = pg if pg is not None else dist.group.WORLD  # None before init_process_group
-    if key_obj is not None:
-        try:
-            cached = _groups.get(key_obj)
-        except TypeError:  # an object without weak references: never cached
-            cached = None
-        if cached is not None:
-            return cached
-    group = _coordinator_group(key_obj) or _torch_group(pg)
-    if key_obj is not None:
-        try:
-            _groups[key_obj] = group
-        except TypeError:
-            pass
-    return group
-
-
-def _coordinator_group(pg) -> record.Group | None:
-    """The Group of the vLLM GroupCoordinator whose cpu_group or
-    device_group is ``pg``; None if vLLM's parallel state is not loaded in
-    this process or no coordinator owns ``pg``."""
-    parallel_state = sys.modules.get("vllm.distributed.parallel_state")
-    if parallel_state is None or pg is None:
-        return None
-    from vllm_epdp.diagnostics.ledger import vllm_layer
-
-    for ref in list(getattr(parallel_state, "_groups", {}).values()):
-        coordinator = ref()
-        if coordinator is None:
-            continue
-        if getattr(coordinator, "cpu_group", None) is pg or getattr(coordinator, "device_group", None) is pg:
-            return vllm_layer.group_of(coordinator)
-    return None
-
-
-def _torch_group(group) -> record.Group:
-    import torch.distributed as dist
-
-    try:
-        backend = str(dist.get_backend(group))
-    except Exception:
-        backend = "unknown"
-    try:
-        pg = group or dist.group.WORLD
-        ranks = dist.get_process_group_ranks(pg)
-        # Several groups can hold the same ranks (with TP=1, vLLM's world, DP
-        # and EP groups are all [0..N)); torch names groups in creation order,
-        # which every member shares, so the name tells them apart.
-        name = getattr(pg, "group_name", "") or ""
-        key = f"{backend}:" + ",".join(str(r) for r in ranks) + f"#{name}"
-        return record.Group(key, dist.get_rank(), "torch", name, list(ranks))
-    except Exception:
-        # Not in the default world's registry (e.g. a stateless group).
-        name = getattr(group, "group_name", "") or ""
-        size = group.size() if group is not None else -1
-        member = group.rank() if group is not None else -1
-        return record.Group(f"{backend}:unregistered:size={size}:{name}", member, "torch", name, None)

@@ -35,12 +35,11 @@ the ledger never imports vLLM into a process that does not.
 from __future__ import annotations
 
 import functools
-import weakref
 
 import torch
 
 from vllm_epdp.diagnostics import import_hooks
-from vllm_epdp.diagnostics.ledger import record, torch_layer
+from vllm_epdp.diagnostics.ledger import groups, record
 
 # GroupCoordinator method -> the op the ledger records.
 COORDINATOR_OPS = {
@@ -81,8 +80,6 @@ RUNNER_V1 = "vllm.v1.worker.gpu_model_runner"
 RUNNER_V2 = "vllm.v1.worker.gpu.model_runner"
 FLASHINFER_COMM = "flashinfer.comm"
 
-_groups: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # coordinator -> record.Group
-
 
 def install() -> None:
     import_hooks.after_import(PARALLEL_STATE, lambda m: _patch_coordinator_class(m.GroupCoordinator))
@@ -91,26 +88,6 @@ def install() -> None:
     import_hooks.after_import(RUNNER_V1, lambda m: _patch_runner(m.GPUModelRunner))
     import_hooks.after_import(RUNNER_V2, lambda m: _patch_runner(m.GPUModelRunner))
     import_hooks.after_import(FLASHINFER_COMM, _patch_flashinfer)
-
-
-def forget_groups() -> None:
-    """Name every coordinator anew (a forked child: its file has no group line yet)."""
-    _groups.clear()
-
-
-def group_of(coordinator) -> record.Group | None:
-    """The ledger's Group of a GroupCoordinator (None while it has no ranks:
-    half-way through its __init__)."""
-    group = _groups.get(coordinator)
-    if group is None:
-        ranks = getattr(coordinator, "ranks", None)
-        if ranks is None:
-            return None
-        name = coordinator.unique_name
-        key = f"{name}[{','.join(str(r) for r in ranks)}]"
-        group = record.Group(key, int(coordinator.rank), "vllm", name, [int(r) for r in ranks])
-        _groups[coordinator] = group
-    return group
 
 
 # ---------------------------------------------------------------- collectives
@@ -130,7 +107,7 @@ def _patch_coordinator_class(cls) -> None:
             finally:
                 # Its process groups were named as torch groups if anything
                 # used them before: name them anew, as this coordinator's.
-                torch_layer.forget_groups()
+                groups.forget_torch()
 
         __init__._epdp_ledger = True
         cls.__init__ = __init__
@@ -144,7 +121,7 @@ def _wrap(op: str, original, sizes_at: int | None):
         if torch.compiler.is_compiling():
             return original(self, *args, **kwargs)
         try:
-            group = group_of(self) if self.world_size > 1 else None
+            group = groups.of_coordinator(self) if self.world_size > 1 else None
             extra = ""
             if group is not None and sizes_at is not None:
                 sizes = kwargs.get("sizes", args[sizes_at] if len(args) > sizes_at else None)
@@ -174,7 +151,7 @@ def _patch_flashinfer(module) -> None:
             from vllm.distributed.parallel_state import get_tp_group
 
             tp = get_tp_group()
-            group = group_of(tp) if tp.world_size > 1 else None
+            group = groups.of_coordinator(tp) if tp.world_size > 1 else None
         except Exception as exc:
             record.error("flashinfer_allreduce_fusion", exc)
             group = None
