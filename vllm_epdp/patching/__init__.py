@@ -1,4 +1,4 @@
-"""The patching API: status, check, apply and revert of a patch series on a target, with `git apply`.
+"""The patching API: status, check, apply and revert of a patch series on a vLLM tree, with `git apply`.
 
 The names callers use, gathered from the modules that each do one part:
 status.py (the state of every patch), change.py (apply/revert, all or
