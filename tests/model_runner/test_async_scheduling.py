@@ -1,32 +1,21 @@
 """Patch 0011: async scheduling is off by default under EP with DP > 1 (with
 a log line saying why) and honoured with a deadlock warning when asked for."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from vllm_epdp import model_runners
+from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(300)
 WORKERS = Path(__file__).parent / "workers"
 
 
 def _decisions(env, platform, tmp_path):
-    out = tmp_path / f"{platform}.json"
-    env = dict(env, EPDP_RESULT=str(out))
-    r = subprocess.run(
-        [sys.executable, str(WORKERS / "async_config_worker.py"), platform],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        start_new_session=True,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return json.loads(out.read_text())
+    run = run_ranks(WORKERS / "async_config_worker.py", 1, tmp_path / platform, env=env, args=[platform], timeout_s=240)
+    assert run.ok, run.describe()
+    return run.results[0]
 
 
 def _messages(case, level):

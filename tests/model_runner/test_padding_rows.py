@@ -2,29 +2,20 @@
 (padding rows of per-token output buffers are zero), checked at the custom
 ops every DP rank runs; see workers/padding_rows_worker.py for the setup."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(300)
 WORKERS = Path(__file__).parent / "workers"
 
 
 def _run(env, tmp_path) -> dict:
-    out = tmp_path / "result.json"
-    r = subprocess.run(
-        [sys.executable, str(WORKERS / "padding_rows_worker.py")],
-        env=dict(env, EPDP_RESULT=str(out)),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        start_new_session=True,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return json.loads(out.read_text())
+    run = run_ranks(WORKERS / "padding_rows_worker.py", 1, tmp_path, env=env, timeout_s=240)
+    assert run.ok, run.describe()
+    return run.results[0]
 
 
 @pytest.fixture(scope="module")

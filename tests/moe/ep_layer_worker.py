@@ -27,6 +27,8 @@ import sys
 
 import torch
 
+from vllm_epdp.harness.ranks import init_vllm_world
+
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
 NUM_EXPERTS, TOP_K, HIDDEN, INTER = 8, 2, 128, 64
@@ -144,10 +146,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_DIST_IDENT", f"epdp-ep-layer-{os.environ['MASTER_PORT']}")
 
     from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
-    from vllm.distributed.parallel_state import (
-        init_distributed_environment,
-        initialize_model_parallel,
-    )
+    from vllm.distributed.parallel_state import initialize_model_parallel
     from vllm.forward_context import set_forward_context
 
     config = VllmConfig(
@@ -165,13 +164,7 @@ def main() -> None:
     dtypes = [getattr(torch, d) for d in os.environ.get("EPDP_DTYPES", "float32,bfloat16").split(",")]
     results = {}
     with set_current_vllm_config(config):
-        init_distributed_environment(
-            world_size=WORLD,
-            rank=RANK,
-            distributed_init_method=(f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"),
-            local_rank=RANK,
-            backend="gloo",
-        )
+        init_vllm_world()
         initialize_model_parallel(tensor_model_parallel_size=WORLD)
 
         w13, w2 = full_weights()

