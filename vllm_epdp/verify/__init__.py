@@ -108,7 +108,16 @@ def run(args) -> int:
     for config, _ in runs:  # table order: references first
         if config.key in results:
             reference = references.get((config.model, config.runner))
-            rows.append(assess(results[config.key], plan.models[config.model], reference, args))
+            rows.append(
+                assess(
+                    results[config.key],
+                    plan.models[config.model],
+                    reference,
+                    deep=args.deep,
+                    ledger=args.ledger,
+                    tolerance=args.tolerance,
+                )
+            )
     report = {
         "ok": bool(rows) and all(r["verdict"] == "PASS" for r in rows),
         "vllm": vllm_info,

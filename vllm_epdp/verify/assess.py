@@ -14,8 +14,10 @@ from vllm_epdp.verify import compare
 from vllm_epdp.verify.plan import Model
 
 
-def assess(result, model: Model, reference, args) -> dict:
-    """One table row (and JSON entry) for a run."""
+def assess(result, model: Model, reference, *, deep: bool, ledger: bool, tolerance: float) -> dict:
+    """One table row (and JSON entry) for a run. ``deep``: padding rows count
+    too; ``ledger``: the run kept a ledger to compare; ``tolerance``: for
+    models compared closely rather than exactly."""
     from vllm_epdp.diagnostics import nonfinite
 
     config = result.config
@@ -58,7 +60,7 @@ def assess(result, model: Model, reference, args) -> dict:
         return row
     if watch:
         bad_real, bad_pad = watch["real_nonfinite_rows"], watch["pad_nonfinite_rows"]
-        if bad_real or (args.deep and bad_pad):
+        if bad_real or (deep and bad_pad):
             where = ", ".join(
                 f"{name} (real {e['real_nonfinite_rows']}, pad {e['pad_nonfinite_rows']}, "
                 f"first at step {e['first_step']})"
@@ -66,7 +68,7 @@ def assess(result, model: Model, reference, args) -> dict:
                 if e["real_nonfinite_rows"] or e["pad_nonfinite_rows"]
             )
             row["problems"].append(f"non-finite rows: {bad_real} real, {bad_pad} padding; {where}")
-    if args.ledger:
+    if ledger:
         from vllm_epdp.diagnostics import ledger
 
         ledger_dir = result.workdir / "ledger"
@@ -88,7 +90,7 @@ def assess(result, model: Model, reference, args) -> dict:
         return row
     for scenario in result.scenarios:
         verdict = compare.compare_runs(
-            reference.outputs.get(scenario, {}), result.outputs.get(scenario, {}), model.mode, args.tolerance
+            reference.outputs.get(scenario, {}), result.outputs.get(scenario, {}), model.mode, tolerance
         )
         row["scenarios"][scenario] = {
             "ok": verdict.ok,
