@@ -158,7 +158,7 @@ def test_local_expert_pairs_drops_remote_and_negative_ids(vllm_patched):
 
 
 # Slower tier: in CI the serve-tp2-dp2-ep fuzz seed runs TP=2 x DP=2 + EP engines
-# against DP=1 (tests/fuzz/test_fuzz_targets.py), the layer tests below run 0004 both ways.
+# against DP=1 (tests/fuzz/test_fuzz_targets.py); the layer tests above run 0004 both ways.
 @pytest.mark.e2e
 @pytest.mark.full
 @pytest.mark.timeout(600)
