@@ -1,5 +1,5 @@
 """verify's judgement of finished runs and its table (fast: no vLLM; the
-runs are made up, the way runner.run_offline returns them)."""
+runs are made up, the way verify.offline.run_offline returns them)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,18 @@ def test_a_crashed_run_is_an_error_and_a_target_without_reference_too(tmp_path):
         run(Config("tp2-ep", "qwen3-moe", 1, 2, True, "mp", ("even",)), tmp_path, [1]), MODEL, None, **JUDGE
     )
     assert orphan["verdict"] == "ERROR" and "no usable DP=1 reference run (see its row)" in orphan["problems"]
+
+
+def test_with_the_ledger_a_single_rank_reference_passes_and_a_target_without_entries_fails(tmp_path):
+    """verify --ledger: the DP=1 reference posts no collective (its ledger has
+    no entry, which must not fail it); a DP=2 target's ledger without an
+    entry is a problem."""
+    judge = dict(JUDGE, ledger=True)
+    ref = run(REF, tmp_path, [1, 2, 3])
+    (ref.workdir / "ledger").mkdir()
+    (ref.workdir / "ledger" / "1.jsonl").write_text('{"kind": "process", "pid": 1}\n')
+    assert assess(ref, MODEL, None, **judge)["verdict"] == "PASS"
+    target = run(TARGET, tmp_path, [1, 2, 3])
+    (target.workdir / "ledger").mkdir()
+    row = assess(target, MODEL, ref, **judge)
+    assert row["verdict"] == "FAIL" and row["ledger_problems"], row

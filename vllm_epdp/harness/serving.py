@@ -68,6 +68,8 @@ class Deployment:
     # Ray topologies: "v2" (RayExecutorV2, vLLM 0.32.0's default) or
     # "legacy" (RayDistributedExecutor: VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0).
     ray_executor: str = "v2"
+    # HF_HUB_OFFLINE=1: the model is a local directory (ours always are).
+    hub_offline: bool = True
 
     def describe(self) -> str:
         parts = [f"DP={self.dp}", f"TP={self.tp}"] + (["EP"] if self.ep else [])
@@ -101,6 +103,24 @@ class Deployment:
         return argv + ["--api-server-count", "1"]
 
 
+class StartFailed(EpdpError):
+    """The server exited during start-up (``hung`` False) or did not answer
+    /health in time (``hung`` True); the message has its log tail or stacks."""
+
+    def __init__(self, message: str, hung: bool) -> None:
+        super().__init__(message)
+        self.hung = hung
+
+
+@dataclasses.dataclass
+class Stopped:
+    """How a deployment ended when it was stopped as a user stops it (Ctrl-C)."""
+
+    codes: dict[str, int | None]  # process name -> exit code (None: killed after the grace period)
+    left: bool  # some process was still running after the grace period (then killed)
+    stacks: str  # the stacks of what was left, taken before the kill
+
+
 @dataclasses.dataclass
 class Server:
     url: str
@@ -108,6 +128,7 @@ class Server:
     groups: list[procs.ProcGroup]
     logs: list[Path]
     ledger_dir: Path | None
+    stopped: Stopped | None = None  # set once serve() has stopped it
 
     def alive(self) -> bool:
         return all(rc is None for g in self.groups for rc in g.exited().values())
@@ -137,26 +158,32 @@ def wait_healthy(server: Server, limit_s: float) -> None:
     deadline = time.monotonic() + limit_s
     while not healthy(server.url):
         if not server.alive():
-            raise EpdpError(f"the server exited during start-up:\n{server.log_tail()}")
+            raise StartFailed(f"the server exited during start-up:\n{server.log_tail()}", hung=False)
         if time.monotonic() > deadline:
-            raise EpdpError(f"the server did not answer /health within {limit_s:.0f} s:\n{server.stacks()}")
+            raise StartFailed(
+                f"the server did not answer /health within {limit_s:.0f} s:\n{server.stacks()}", hung=True
+            )
         time.sleep(1.0)
 
 
-def stop(server: Server) -> dict[str, int | None]:
-    """SIGINT to every group's leader, as a user's Ctrl-C; what is still
-    alive after the grace period is killed. Returns the exit codes."""
+def stop(server: Server, grace_s: float = SHUTDOWN_GRACE_S) -> Stopped:
+    """SIGINT to every group's leader, as a user's Ctrl-C, so every process
+    finishes its last step and its diagnostics (ledger, NaN watch) are
+    complete; what is still alive after ``grace_s`` has its stack taken and
+    is killed."""
     for g in server.groups:
         for p in g.popens.values():
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    deadline = time.monotonic() + grace_s
     while any(g.members() for g in server.groups) and time.monotonic() < deadline:
         time.sleep(0.5)
-    codes = {f"{g.label}:{n}": rc for g in server.groups for n, rc in g.exited().items()}
+    codes = {n: rc for g in server.groups for n, rc in g.exited().items()}
+    left = [g for g in server.groups if g.members()]
+    stacks = "\n".join(g.dump_stacks() for g in left)
     for g in server.groups:
         g.close()
-    return codes
+    return Stopped(codes, bool(left), stacks)
 
 
 @contextlib.contextmanager
@@ -167,8 +194,10 @@ def serve(
     ledger: bool = True,
     start_limit_s: float = 600.0,
     deadline_s: float = 6 * 3600.0,
+    stop_grace_s: float = SHUTDOWN_GRACE_S,
 ) -> Iterator[Server]:
-    """Start ``deployment``, wait until it answers, yield it, stop it."""
+    """Start ``deployment``, wait until it answers, yield it, stop it (how it
+    ended is then ``server.stopped``). StartFailed if it never answers."""
     if deployment.topology not in TOPOLOGIES:
         raise EpdpError(f"unknown topology '{deployment.topology}': use one of {', '.join(TOPOLOGIES)}")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +227,7 @@ def serve(
             wait_healthy(server, start_limit_s)
             yield server
         finally:
-            stop(server)
+            server.stopped = stop(server, stop_grace_s)
 
 
 @contextlib.contextmanager
@@ -206,7 +235,9 @@ def _start_mp(deployment: Deployment, workdir: Path, env: dict[str, str], deadli
     port = free_port()
     argv = deployment.one_host_argv(port)
     log = workdir / "server.log"
-    spec = procs.ProcSpec("server", argv, cpu_host.cpu_env(env, deployment.dp * deployment.tp, hub_offline=True), log)
+    spec = procs.ProcSpec(
+        "server", argv, cpu_host.cpu_env(env, deployment.dp * deployment.tp, hub_offline=deployment.hub_offline), log
+    )
     group = procs.ProcGroup(f"serve {deployment.describe()}", [spec], deadline_s)
     with group:
         yield f"http://127.0.0.1:{port}", [group], [log]

@@ -96,7 +96,7 @@ def start(deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> 
         with _start_two_nodes(deployment, workdir, env, deadline_s) as started:
             yield started
         return
-    env = cpu_host.cpu_env(env, deployment.dp * deployment.tp, hub_offline=True)
+    env = cpu_host.cpu_env(env, deployment.dp * deployment.tp, hub_offline=deployment.hub_offline)
     with ray_cluster.cluster(workdir, env, num_cpus=NUM_CPUS, deadline_s=deadline_s) as ray:
         (workdir / "ray.json").write_text(json.dumps({"address": ray.address, "temp_dir": str(ray.temp_dir)}))
         port = free_port()

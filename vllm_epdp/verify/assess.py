@@ -68,7 +68,9 @@ def assess(result, model: Model, reference, *, deep: bool, ledger: bool, toleran
                 if e["real_nonfinite_rows"] or e["pad_nonfinite_rows"]
             )
             row["problems"].append(f"non-finite rows: {bad_real} real, {bad_pad} padding; {where}")
-    if ledger:
+    # A single rank (the DP=1 reference) posts no collective: its ledger has
+    # nothing to compare, and an empty ledger reads as a problem.
+    if ledger and config.dp * config.tp > 1:
         from vllm_epdp.diagnostics import ledger
 
         ledger_dir = result.workdir / "ledger"

@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import signal
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vllm_epdp.harness import ports, procs, serving
+from vllm_epdp.harness import procs, serving
 from vllm_epdp.verify.offline import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
 SHUTDOWN_GRACE_S = 30.0
 ARRIVAL_GAP_S = 0.4  # between request starts: requests overlap and finish apart
-
-
-def _get(url: str, timeout: float) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return 0
 
 
 def _post(url: str, body: dict, timeout: float) -> dict:
@@ -54,123 +45,104 @@ def to_result(choice: dict) -> dict:
 
 
 def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path, settings: Settings) -> RunResult:
+    """Serve ``config`` (harness.serving: started, health-polled, stopped with
+    Ctrl-C and a grace period), send each scenario's requests, and judge how
+    the server ended as well as what it answered."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = ports.free_port()
     deployment = serving.Deployment(
-        model.path, dtype=model.dtype, dp=config.dp, tp=config.tp, max_model_len=MAX_MODEL_LEN, max_logprobs=LOGPROBS
+        model.path,
+        dtype=model.dtype,
+        dp=config.dp,
+        tp=config.tp,
+        max_model_len=MAX_MODEL_LEN,
+        max_logprobs=LOGPROBS,
+        hub_offline=model.offline,
     )
-    argv = deployment.one_host_argv(port)
     env = base_env(config, model, settings, workdir)
-    log = workdir / "server.log"
-    spec = procs.ProcSpec("server", argv, env, log)
-    settings.say(f"[verify] {config.key}: starting vllm serve on 127.0.0.1:{port}, {config.describe()}")
+    logs = {"server": workdir / "server.log"}
+    settings.say(f"[verify] {config.key}: starting vllm serve on 127.0.0.1, {config.describe()}")
     started = time.monotonic()
-    base = f"http://127.0.0.1:{port}"
     outputs: dict[str, dict[str, dict]] = {s: {} for s in scenarios}
     engine_up = None
-    group = procs.ProcGroup(config.key, [spec], settings.timeout_s)
-    with group:  # starts the server; closing kills it and everything it started
-        # Ready when /health answers; a dead server or the deadline ends it.
-        while _get(base + "/health", 2.0) != 200:
-            if group.exited()["server"] is not None:
-                outcome = group.wait()
-                return RunResult(
-                    config,
-                    scenarios,
-                    outputs,
-                    outcome,
-                    time.monotonic() - started,
-                    None,
-                    workdir,
-                    outcome.describe(log_lines=0),
+    failure, hung_stacks = "", ""
+
+    def result(outcome: procs.Outcome | None, error: str) -> RunResult:
+        return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir, error)
+
+    try:
+        with serving.serve(
+            deployment,
+            workdir,
+            env=env,
+            ledger=False,  # base_env set the ledger if settings ask for it
+            start_limit_s=settings.timeout_s,
+            deadline_s=settings.timeout_s + SHUTDOWN_GRACE_S,
+            stop_grace_s=SHUTDOWN_GRACE_S,
+        ) as server:
+            engine_up = time.monotonic() - started
+            settings.say(f"[verify] {config.key}: server up after {engine_up:.0f} s")
+            for name in scenarios:
+                left = max(10.0, settings.timeout_s - (time.monotonic() - started))
+                t0 = time.monotonic()
+                failure = _send(server.url, model, name, outputs[name], left)
+                if failure:
+                    if "timed out" in failure:
+                        hung_stacks = server.stacks()  # before the stop
+                    break
+                settings.say(
+                    f"[verify] {config.key}: {name}: {len(outputs[name])} concurrent requests "
+                    f"in {time.monotonic() - t0:.1f} s"
                 )
-            if group.elapsed() > settings.timeout_s:
-                return _hung(group, config, scenarios, outputs, started, workdir, "server never became ready")
-            time.sleep(1.0)
-        engine_up = time.monotonic() - started
-        settings.say(f"[verify] {config.key}: server up after {engine_up:.0f} s")
-        for name in scenarios:
-            requests = ALL_SCENARIOS[name].requests()
-            left = max(10.0, settings.timeout_s - group.elapsed())
-
-            def send(i_req, left=left):
-                i, r = i_req
-                time.sleep(i * ARRIVAL_GAP_S)
-                body = {
-                    "model": model.path,
-                    "prompt": r.prompt,
-                    "max_tokens": r.max_tokens,
-                    "temperature": 0.0,
-                    "logprobs": LOGPROBS,
-                    "ignore_eos": True,
-                    "return_tokens_as_token_ids": True,
-                }
-                return r.id, to_result(_post(base + "/v1/completions", body, left)["choices"][0])
-
-            t0 = time.monotonic()
-            try:
-                with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-                    for rid, result in pool.map(send, enumerate(requests)):
-                        outputs[name][rid] = result
-            except (urllib.error.URLError, TimeoutError, OSError, KeyError, ValueError) as exc:
-                if isinstance(exc, (TimeoutError,)) or "timed out" in str(exc):
-                    return _hung(group, config, scenarios, outputs, started, workdir, f"request timed out ({exc})")
-                outcome = procs.Outcome(config.key, group.exited(), False, group.elapsed(), logs={"server": log})
-                group.close()
-                return RunResult(
-                    config,
-                    scenarios,
-                    outputs,
-                    outcome,
-                    time.monotonic() - started,
-                    engine_up,
-                    workdir,
-                    f"{config.key}: request failed: {exc}\n" + outcome.describe(log_lines=0),
-                )
-            settings.say(
-                f"[verify] {config.key}: {name}: {len(requests)} concurrent requests in {time.monotonic() - t0:.1f} s"
-            )
-        # Stop the way a user does (Ctrl-C) so every process finishes its last
-        # step and its diagnostics (ledger, nan_watch) are complete; the group
-        # kills whatever is left after the grace period.
-        group.popens["server"].send_signal(signal.SIGINT)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while group.members() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        # The server's own exit code; a process still alive now (the server or
-        # one it started) did not stop on Ctrl-C: a failure, with its stack.
-        codes = group.exited()
-        left = group.members()
-        stacks = group.dump_stacks() if left else ""
-    outcome = procs.Outcome(config.key, codes, bool(left), time.monotonic() - started, stacks, logs={"server": log})
-    error = ""
-    if left:
-        error = (
-            f"{config.key}: {len(left)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
-            f"SIGINT (killed)\n" + outcome.describe(log_lines=0)
-        )
-    elif codes["server"] != 0:
-        error = (
-            f"{config.key}: the server, stopped with SIGINT, ended with {procs.describe_returncode(codes['server'])}\n"
-            + outcome.describe(log_lines=0)
-        )
-    return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir, error)
-
-
-def _hung(group, config, scenarios, outputs, started, workdir, why) -> RunResult:
-    stacks = group.dump_stacks()
-    codes = group.exited()
-    group.close()
+    except serving.StartFailed as exc:
+        outcome = procs.Outcome(config.key, {}, exc.hung, time.monotonic() - started, "", logs)
+        return result(outcome, f"{config.key}: {exc.message}")
+    stopped = server.stopped
+    timed_out = bool(hung_stacks) or stopped.left
     outcome = procs.Outcome(
-        config.key, codes, True, time.monotonic() - started, stacks, {"server": workdir / "server.log"}
+        config.key, stopped.codes, timed_out, time.monotonic() - started, hung_stacks + stopped.stacks, logs
     )
-    return RunResult(
-        config,
-        scenarios,
-        outputs,
-        outcome,
-        time.monotonic() - started,
-        None,
-        workdir,
-        f"{why}\n" + outcome.describe(log_lines=0),
-    )
+    if failure:
+        return result(outcome, f"{config.key}: {failure}\n" + outcome.describe(log_lines=0))
+    if stopped.left:
+        return result(
+            outcome,
+            f"{config.key}: process(es) still running {SHUTDOWN_GRACE_S:.0f} s after SIGINT (killed)\n"
+            + outcome.describe(log_lines=0),
+        )
+    if stopped.codes.get("server") != 0:
+        return result(
+            outcome,
+            f"{config.key}: the server, stopped with SIGINT, ended with "
+            f"{procs.describe_returncode(stopped.codes.get('server'))}\n" + outcome.describe(log_lines=0),
+        )
+    return result(outcome, "")
+
+
+def _send(url: str, model: Model, name: str, into: dict[str, dict], limit_s: float) -> str:
+    """One scenario's requests, concurrent with staggered starts; answers go
+    into ``into``. Returns why it failed, or "" when every answer came."""
+    requests = ALL_SCENARIOS[name].requests()
+
+    def send(i_req):
+        i, r = i_req
+        time.sleep(i * ARRIVAL_GAP_S)
+        body = {
+            "model": model.path,
+            "prompt": r.prompt,
+            "max_tokens": r.max_tokens,
+            "temperature": 0.0,
+            "logprobs": LOGPROBS,
+            "ignore_eos": True,
+            "return_tokens_as_token_ids": True,
+        }
+        return r.id, to_result(_post(url + "/v1/completions", body, limit_s)["choices"][0])
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            for rid, answer in pool.map(send, enumerate(requests)):
+                into[rid] = answer
+    except (urllib.error.URLError, TimeoutError, OSError, KeyError, ValueError) as exc:
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+            return f"request timed out ({exc})"
+        return f"request failed: {exc}"
+    return ""
