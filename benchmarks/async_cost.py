@@ -9,7 +9,7 @@ scheduling more than a GPU would: read the ratio for its direction and size,
 not as a GPU prediction.
 
 Configuration: tiny Qwen3-MoE fp32, DP=2 + EP offline (one verify rank per DP
-rank: vllm_epdp.verify.runner.run_offline, the patched vLLM with patch 0014 so
+rank: vllm_epdp.verify.offline.run_offline, the patched vLLM with patch 0014 so
 that CPU honours --async-scheduling), eager. A batch: --prompts prompts of
 --tokens tokens on each rank, both ranks started together (verify's barrier).
 Metric: seconds per batch on DP rank 0 (its generate() call), after one
@@ -36,8 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import async_probe, overlay
-from vllm_epdp.verify import runner
+from vllm_epdp.diagnostics import async_probe
+from vllm_epdp.patching import overlay
+from vllm_epdp.verify import offline
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
 
@@ -68,14 +69,14 @@ def run_engine(variant: str, model: Model, batches: list[Scenario], env_path: Pa
     config = Config(f"async-{variant}", model.key, 2, 1, True, "mp", tuple(names))
     pythonpath = str(env_path) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     probe = workdir / "async-probe"
-    settings = runner.Settings(
+    settings = offline.Settings(
         timeout_s=timeout_s,
         watch=False,
         ledger=False,
         extra_env={"PYTHONPATH": pythonpath, "VLLM_EPDP_ASYNC_PROBE": str(probe)},
         async_scheduling=VARIANTS[variant],
     )
-    result = runner.run_offline(config, model, names, workdir, settings)
+    result = offline.run_offline(config, model, names, workdir, settings)
     if not result.ok:
         raise RuntimeError(f"{variant}: engine run failed: {result.error}")
     problems = async_probe.problems(probe, expect_async=VARIANTS[variant])
@@ -117,8 +118,8 @@ def main() -> int:
     ap.add_argument("--markdown", help="write the markdown table here")
     args = ap.parse_args()
 
-    from vllm_epdp import tiny_models
     from vllm_epdp.cache import cache_root
+    from vllm_epdp.harness import tiny_models
 
     model_dir = tiny_models.build("qwen3-moe", cache_root() / "models" / "qwen3-moe")
     model = Model("qwen3-moe", str(model_dir), "float32", "exact")

@@ -15,9 +15,9 @@ hour" report (upstream #43547), with async scheduling added.
 
 Verdict PASS when all of these hold:
   - every request came back complete (the soak client's verdict, exit 0);
-  - the ledgers of every process agree (vllm_epdp.ledger.compare, no problem);
+  - the ledgers of every process agree (vllm_epdp.diagnostics.ledger.compare, no problem);
   - every engine core really pipelined: only batch-queue steps, some of them
-    overlapped (vllm_epdp.async_probe.problems(dir, expect_async=True));
+    overlapped (vllm_epdp.diagnostics.async_probe.problems(dir, expect_async=True));
   - the model runner that ran is the one asked for (the server's log);
   - no process of the server or the client is left once it is stopped.
 
@@ -52,11 +52,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import async_probe, ledger, procs, runners, serving, tiny_models
+from vllm_epdp import model_runners
 from vllm_epdp.cache import cache_root
+from vllm_epdp.diagnostics import async_probe, ledger
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.fuzz.targets import target
-from vllm_epdp.overlay import overlay_env
+from vllm_epdp.harness import procs, serving, tiny_models
+from vllm_epdp.patching.overlay import overlay_env
 
 TARGET = "serve-tp2-dp2-ep"
 CLIENT = Path(__file__).resolve().parents[1] / "examples" / "online_serving" / "soak_client.py"
@@ -176,7 +178,7 @@ def soak(args, env: dict[str, str], model: Path, workdir: Path) -> dict:
             if client_left:
                 problems.append(f"soak client processes left: {sorted(client_left)}")
             say(f"traffic done: {verdict}; comparing the ledgers")
-            result["runner_seen"] = runners.runner_in_logs(server.logs)
+            result["runner_seen"] = model_runners.runner_in_logs(server.logs)
             if result["runner_seen"] != args.runner.upper():
                 problems.append(
                     f"asked for runner {args.runner.upper()}, the server's log shows {result['runner_seen']}"

@@ -32,7 +32,7 @@ forward pass (--no-inference-mode to compare; views cost more without). Only tor
         --json docs/collectives-nccl.json
 
 The core is materialised from patches/v0.32.0/0002-*.patch with git apply
-(vllm_epdp.packed_core: vllm-epdp installed, or PYTHONPATH at the repository),
+(vllm_epdp.harness.packed_core: vllm-epdp installed, or PYTHONPATH at the repository),
 or given with --core PATH.
 """
 
@@ -291,7 +291,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench_collectives_")
     core = args.core
     if core is None:
-        from vllm_epdp.packed_core import materialise_core
+        from vllm_epdp.harness.packed_core import materialise_core
 
         core = str(materialise_core(Path(tmp) / "core"))
     if args.backend == "nccl":

@@ -2,7 +2,7 @@
 
 The same byte-exact checks as tests/collectives/test_packed_core.py, for
 machines without vLLM (only torch, git and vllm-epdp, installed or on
-PYTHONPATH, for vllm_epdp.packed_core): NCCL on GPUs, gloo on CPU.
+PYTHONPATH, for vllm_epdp.harness.packed_core): NCCL on GPUs, gloo on CPU.
 
     torchrun --nproc-per-node=2 benchmarks/collectives_check.py      # NCCL if CUDA
     python benchmarks/collectives_check.py --world-size 4 --backend gloo
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests" / "collectives"))
 
 import rank_core  # noqa: E402  (torch-only)
 
-from vllm_epdp.packed_core import materialise_core  # noqa: E402
+from vllm_epdp.harness.packed_core import materialise_core  # noqa: E402
 
 CHECKS = [
     ("gather: every dtype mix x size pattern", "gather_matrix", {}),

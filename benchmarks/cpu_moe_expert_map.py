@@ -9,7 +9,7 @@ Times, per MoE call, on the CPU unquantized kernel (cpu_fused_moe):
   helpers   the patch's own tensor ops alone (no kernel)
 
 Run with the patched vLLM first on PYTHONPATH, e.g.
-  PYTHONPATH=$(python -c 'from vllm_epdp.overlay import overlay_env; \
+  PYTHONPATH=$(python -c 'from vllm_epdp.patching.overlay import overlay_env; \
 print(overlay_env("patched")["PYTHONPATH"])') python benchmarks/cpu_moe_expert_map.py
 """
 

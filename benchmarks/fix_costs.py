@@ -3,7 +3,7 @@ decode step: the whole series vs the series with one patch reverted, side by
 side in one run.
 
 Configuration: tiny Qwen3-MoE fp32, DP=2 + EP, offline (one verify rank
-process per DP rank: vllm_epdp.verify.runner.run_offline), eager, uneven load
+process per DP rank: vllm_epdp.verify.offline.run_offline), eager, uneven load
 (7 prompts on rank 0, 1 prompt on rank 1, so rank 1 is padded every step when
 0008 is in).
 
@@ -53,8 +53,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import overlay
-from vllm_epdp.verify import runner
+from vllm_epdp.patching import overlay
+from vllm_epdp.verify import offline
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
 
@@ -92,7 +92,7 @@ def engine_scenarios(round_: int, reps: int, tokens: int) -> list[Scenario]:
 
 
 def variant_paths(variants: list[str]) -> dict[str, Path]:
-    from vllm_epdp.variants import overlay_without
+    from vllm_epdp.patching.variants import overlay_without
 
     paths = {}
     for v in variants:
@@ -111,8 +111,8 @@ def run_engine(
     names = [s.name for s in scenarios]
     config = Config(f"fixcost-{variant}", model.key, 2, 1, True, "mp", tuple(names))
     pythonpath = str(path) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-    settings = runner.Settings(timeout_s=timeout_s, watch=False, ledger=False, extra_env={"PYTHONPATH": pythonpath})
-    result = runner.run_offline(config, model, names, workdir, settings)
+    settings = offline.Settings(timeout_s=timeout_s, watch=False, ledger=False, extra_env={"PYTHONPATH": pythonpath})
+    result = offline.run_offline(config, model, names, workdir, settings)
     if not result.ok:
         raise RuntimeError(f"{variant}: engine run failed: {result.error}")
     timings = json.loads((workdir / "out" / "rank0.json").read_text())["timings"]
@@ -164,7 +164,7 @@ def main() -> int:
         print(json.dumps(engine_scenarios(0, 1, args.tokens)[1].to_json(2))[:400])
         return 0
 
-    from vllm_epdp import tiny_models
+    from vllm_epdp.harness import tiny_models
 
     model = Model("qwen3-moe", str(tiny_models.build_qwen3_moe(args.model_dir)), "float32", "exact")
     workroot = Path(args.workdir or tempfile.mkdtemp(prefix="fixcost-"))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vllm_epdp import fuzz
 from vllm_epdp.fuzz.targets import TARGETS
-from vllm_epdp.overlay import overlay_env
+from vllm_epdp.patching.overlay import overlay_env
 
 COLUMNS = (
     "schedules", "distinct", "requests", "aborts", "preemptions", "divergences", "ties", "hangs", "nonfinite", "errors",

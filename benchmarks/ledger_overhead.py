@@ -1,4 +1,4 @@
-"""What the collective ledger (VLLM_EPDP_LEDGER, vllm_epdp/ledger/) adds to
+"""What the collective ledger (VLLM_EPDP_LEDGER, vllm_epdp/diagnostics/ledger/) adds to
 each collective: one small gloo all_reduce on 2 ranks, per-call time without
 and with the ledger installed, side by side in one run.
 
@@ -26,14 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import ports, procs
+from vllm_epdp.harness import ports, procs
 
 
 def rank_main(variant: str, calls: int, out: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from vllm_epdp import ledger
+    from vllm_epdp.diagnostics import ledger
 
     if variant.startswith("ledger"):
         ledger.install(out.parent / f"ledger-{out.stem}", stall_s=600 if variant == "ledger+watchdog" else None)
@@ -56,8 +56,8 @@ def in_process_main(calls: int, out: Path) -> None:
     in for the collective; the arguments are a MoE dispatch's (3 tensors)."""
     import torch
 
-    from vllm_epdp import ledger
-    from vllm_epdp.ledger import record
+    from vllm_epdp.diagnostics import ledger
+    from vllm_epdp.diagnostics.ledger import record
 
     ledger.install(out.parent / "ledger-in-process", stall_s=600)
     group = record.Group("ep:0[0,1]", 0, "vllm", "ep:0", [0, 1])

@@ -2,7 +2,7 @@
 decode step of a real DP=2 + EP vLLM run on CPU, side by side in one run.
 
 Configuration: tiny Qwen3-MoE fp32, DP=2 + EP, offline (one verify rank
-process per DP rank: vllm_epdp.verify.runner.run_offline), eager, the whole
+process per DP rank: vllm_epdp.verify.offline.run_offline), eager, the whole
 series applied (an overlay), 4 prompts on each DP rank.
 
 Metric: decode time per step on DP rank 0, per engine and repetition,
@@ -37,8 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import overlay
-from vllm_epdp.verify import runner
+from vllm_epdp.patching import overlay
+from vllm_epdp.verify import offline
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
 
@@ -82,8 +82,8 @@ def run_engine(variant: str, model: Model, scenarios: list[Scenario], tokens: in
     on = variant == "on"
     if on:
         extra["VLLM_EPDP_LEDGER_STALL_S"] = STALL_S
-    settings = runner.Settings(timeout_s=timeout_s, watch=False, ledger=on, extra_env=extra)
-    result = runner.run_offline(config, model, names, workdir, settings)
+    settings = offline.Settings(timeout_s=timeout_s, watch=False, ledger=on, extra_env=extra)
+    result = offline.run_offline(config, model, names, workdir, settings)
     if not result.ok:
         raise RuntimeError(f"{variant}: engine run failed: {result.error}")
     timings = json.loads((workdir / "out" / "rank0.json").read_text())["timings"]
@@ -95,7 +95,7 @@ def run_engine(variant: str, model: Model, scenarios: list[Scenario], tokens: in
 def ledger_size(directory: Path) -> dict:
     """Entries, steps and bytes of the ledger files of processes that ran
     steps (the workers), and what problems compare found (must be none)."""
-    from vllm_epdp import ledger
+    from vllm_epdp.diagnostics import ledger
 
     entries = steps = size = 0
     for path in directory.glob("*.jsonl"):
@@ -139,7 +139,7 @@ def main() -> int:
     ap.add_argument("--markdown", help="write the markdown table here")
     args = ap.parse_args()
 
-    from vllm_epdp import tiny_models
+    from vllm_epdp.harness import tiny_models
 
     model = Model("qwen3-moe", str(tiny_models.build_qwen3_moe(args.model_dir)), "float32", "exact")
     workroot = Path(args.workdir or tempfile.mkdtemp(prefix="ledgercost-"))

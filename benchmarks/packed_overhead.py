@@ -24,7 +24,7 @@ issue the calls / total time, microseconds per call):
               unpack (not a candidate: reuse is unsafe; the cost of the rest)
   single      one gather of the same bytes: the floor
 
-Only torch and the core are needed (the core from vllm_epdp.packed_core unless
+Only torch and the core are needed (the core from vllm_epdp.harness.packed_core unless
 --core is given: vllm-epdp installed, or PYTHONPATH at the repository):
 
     torchrun --nproc-per-node=2 benchmarks/packed_overhead.py --inference-mode
@@ -153,7 +153,7 @@ def main() -> None:
     align = dist.new_group(backend="gloo")
     core_path = args.core
     if core_path is None:
-        from vllm_epdp.packed_core import materialise_core
+        from vllm_epdp.harness.packed_core import materialise_core
 
         core_path = str(materialise_core(Path(tempfile.mkdtemp()) / f"core{rank}"))
     core = _load_core(core_path)

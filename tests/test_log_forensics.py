@@ -1,7 +1,7 @@
 """log_forensics: the first error of a log is the root cause a person needs,
 found through vLLM's child-process prefixes and faulthandler's dumps."""
 
-from vllm_epdp.log_forensics import first_error, log_tail
+from vllm_epdp.harness.log_forensics import first_error, log_tail
 
 VLLM_LOG = """\
 INFO 11-22 08:28:10 [core.py:90] starting

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vllm_epdp import nan_watch, nonfinite
+from vllm_epdp.diagnostics import nan_watch, nonfinite
 
 
 class FakeDecoderLayer(torch.nn.Module):
@@ -170,7 +170,7 @@ class Worker:
 LATE_IMPORT = """
 import json, sys
 from types import SimpleNamespace
-from vllm_epdp import nan_watch, nonfinite
+from vllm_epdp.diagnostics import nan_watch, nonfinite
 out = sys.argv[1]
 nan_watch.install(out)
 assert "vllm.v1.worker.gpu_worker" not in sys.modules

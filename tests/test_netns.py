@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import netns, procs
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.harness import netns, procs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ CONNECT = (
 HOLDER = textwrap.dedent(
     """
     import subprocess, sys, time
-    from vllm_epdp import netns
+    from vllm_epdp.harness import netns
     with netns.network() as net:
         subprocess.Popen(net.a.exec_argv(["sleep", "600"]))
         while not net.a.pids():  # until `ip netns exec` has entered A

@@ -1,7 +1,7 @@
 """patch_lint holds each patch to vLLM's own ruff settings, on the release's
 real files: a patch that unsorts an import block or leaves code ruff format
 would rewrite is named, with the file and rule; a clean patch passes.
-Needs the 0.32.0 sdist (vllm_epdp.releases: fetched once, then cached)."""
+Needs the 0.32.0 sdist (vllm_epdp.patching.releases: fetched once, then cached)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import patch_lint, releases
+from vllm_epdp.patching import patch_lint, releases
 
 TARGET = "vllm/entrypoints/cli/types.py"
 HEADER = """From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001

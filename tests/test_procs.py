@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from vllm_epdp import procs
+from vllm_epdp.harness import procs
 
 # A "rank" that starts a SIGTERM-ignoring child, and a grandchild that leaves
 # the session with setsid (what vLLM's engine processes can look like), then
@@ -119,7 +119,7 @@ def test_ctrl_c_of_the_parent_kills_its_groups(tmp_path):
         f"""
         import os, signal, sys, time
         from pathlib import Path
-        from vllm_epdp import procs
+        from vllm_epdp.harness import procs
         signal.signal(signal.SIGINT, signal.default_int_handler)
         g = procs.ProcGroup("x", [procs.ProcSpec("r0", [sys.executable, "-c", {HANGING_RANK!r}],
                                   dict(os.environ), Path({str(tmp_path)!r}) / "r0.log")], 600)

@@ -1,4 +1,4 @@
-"""vllm_epdp.ray_cluster without vLLM: a cluster of ours starts on loopback
+"""vllm_epdp.harness.ray_cluster without vLLM: a cluster of ours starts on loopback
 with the CPU count asked for, and leaves nothing behind when the code inside it fails:
 no Ray process, no link in the system temp dir, no files in Ray's default
 temp dir (its files are in the caller's directory)."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import procs, ray_cluster
+from vllm_epdp.harness import procs, ray_cluster
 
 pytestmark = pytest.mark.timeout(300)
 

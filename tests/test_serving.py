@@ -1,4 +1,4 @@
-"""vllm_epdp.serving without engines: the topologies it refuses, and why.
+"""vllm_epdp.harness.serving without engines: the topologies it refuses, and why.
 
 The Ray topologies are refused on a vLLM whose CPU platform names no Ray
 device (vLLM as released); patch 0015 names one. Both facts are checked on
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import serving, topology_ray
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.harness import serving, topology_ray
 
 FAKE_VLLM_SERVE = Path(__file__).parent / "fake_vllm_serve"
 

@@ -4,17 +4,16 @@ runs are made up, the way runner.run_offline returns them)."""
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 
 from vllm_epdp.verify.assess import assess, ran_runner
+from vllm_epdp.verify.offline import RunResult
 from vllm_epdp.verify.plan import Config, Model
-from vllm_epdp.verify.runner import RunResult
 from vllm_epdp.verify.table import format_table
 
 MODEL = Model("qwen3-moe", "/nowhere", "float32", "exact")
 REF = Config("ref-moe", "qwen3-moe", 1, 1, False, "mp", (), reference=True, runner="v1")
 TARGET = Config("dp2-ep", "qwen3-moe", 2, 1, True, "mp", ("even",), runner="v1")
-ARGS = Namespace(deep=False, ledger=False, tolerance=1e-3)
+JUDGE = {"deep": False, "ledger": False, "tolerance": 1e-3}
 
 
 def output(tokens: list[int]) -> dict:
@@ -32,7 +31,7 @@ def run(config: Config, tmp_path, tokens: list[int], runner: str = "V1", error: 
 
 def test_matching_target_passes_and_the_table_says_so(tmp_path):
     ref = run(REF, tmp_path, [1, 2, 3])
-    rows = [assess(ref, MODEL, None, ARGS), assess(run(TARGET, tmp_path, [1, 2, 3]), MODEL, ref, ARGS)]
+    rows = [assess(ref, MODEL, None, **JUDGE), assess(run(TARGET, tmp_path, [1, 2, 3]), MODEL, ref, **JUDGE)]
     assert [r["verdict"] for r in rows] == ["PASS", "PASS"]
     assert rows[1]["tokens_matched"] == rows[1]["tokens_total"] == 3 and rows[1]["runner"] == "V1"
     assert rows[1]["padding"]["padded_rows"] == 3
@@ -45,21 +44,23 @@ def test_matching_target_passes_and_the_table_says_so(tmp_path):
 
 def test_a_token_mismatch_fails_with_the_place(tmp_path):
     ref = run(REF, tmp_path, [1, 2, 3])
-    row = assess(run(TARGET, tmp_path, [1, 9, 3]), MODEL, ref, ARGS)
+    row = assess(run(TARGET, tmp_path, [1, 9, 3]), MODEL, ref, **JUDGE)
     assert row["verdict"] == "FAIL" and row["tokens_matched"] == 1
     assert row["problems"][0].startswith("even: ")
 
 
 def test_a_fallback_to_the_other_runner_fails(tmp_path):
     ref = run(REF, tmp_path, [1, 2])
-    row = assess(run(TARGET, tmp_path, [1, 2], runner="V2"), MODEL, ref, ARGS)
+    row = assess(run(TARGET, tmp_path, [1, 2], runner="V2"), MODEL, ref, **JUDGE)
     assert row["verdict"] == "FAIL"
     assert "asked for model runner V1, but vLLM ran V2" in row["problems"][0]
     assert ran_runner(tmp_path / TARGET.key, None) is None  # no vLLM log line either
 
 
 def test_a_crashed_run_is_an_error_and_a_target_without_reference_too(tmp_path):
-    crashed = assess(run(TARGET, tmp_path, [], error="rank0: exit code 1"), MODEL, None, ARGS)
+    crashed = assess(run(TARGET, tmp_path, [], error="rank0: exit code 1"), MODEL, None, **JUDGE)
     assert crashed["verdict"] == "ERROR" and "rank0: exit code 1" in crashed["problems"]
-    orphan = assess(run(Config("tp2-ep", "qwen3-moe", 1, 2, True, "mp", ("even",)), tmp_path, [1]), MODEL, None, ARGS)
+    orphan = assess(
+        run(Config("tp2-ep", "qwen3-moe", 1, 2, True, "mp", ("even",)), tmp_path, [1]), MODEL, None, **JUDGE
+    )
     assert orphan["verdict"] == "ERROR" and "no usable DP=1 reference run (see its row)" in orphan["problems"]

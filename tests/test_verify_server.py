@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from vllm_epdp.verify import server
+from vllm_epdp.verify.offline import Settings
 from vllm_epdp.verify.plan import Config, Model
-from vllm_epdp.verify.runner import Settings
 
 FAKE = Path(__file__).parent / "fake_vllm_serve"
 CONFIG = Config("serve-dp2", "m", 2, 1, True, "serve", ("serve-one",))

@@ -81,7 +81,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "Dry run of `apply`: try every selected patch on top of the earlier ones, change "
         "nothing. Exit 0 if the series applies (or is applied already), 1 if a patch conflicts.\n\n"
         "With --release X: try the series on release X's own Python files instead (its sdist "
-        "from PyPI, ~45 MB, downloaded once into the cache of vllm_epdp.releases), and say "
+        "from PyPI, ~45 MB, downloaded once into the cache of vllm_epdp.patching.releases), and say "
         "for every patch: applies / already upstream / conflicts (file and hunk). The series "
         "is X's own if there is one, else the nearest (or --version's). Exit 0 only if every "
         "patch applies. What a maintainer runs the day a release appears.",
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return upstream.run(args)
         if args.command == "ledger":
-            from vllm_epdp import ledger
+            from vllm_epdp.diagnostics import ledger
 
             return ledger.main(args.ledger_args)
         return COMMANDS[args.command](args)
@@ -219,8 +219,8 @@ def _verify_module():
 
 
 def _target_and_series(args):
-    from vllm_epdp.series import load_series, series_dir
-    from vllm_epdp.target import detect_checkout, detect_installed
+    from vllm_epdp.patching.series import load_series, series_dir
+    from vllm_epdp.patching.vllm_tree import detect_checkout, detect_installed
 
     if args.checkout:
         target = detect_checkout(args.checkout)
@@ -235,7 +235,7 @@ def _warn_if_forced(forced: str | None, detected: str | None, what: str) -> None
     """Forcing another release's series is allowed (the way to try a series
     on a release that has none), but said aloud: it was not written for
     these files. The target's own version is reported as detected."""
-    from vllm_epdp.series import public_version
+    from vllm_epdp.patching.series import public_version
 
     if forced is not None and detected is not None and public_version(forced) != public_version(detected):
         print(
@@ -247,13 +247,13 @@ def _warn_if_forced(forced: str | None, detected: str | None, what: str) -> None
 
 
 def cmd_status(args) -> int:
-    from vllm_epdp import patching, runners
+    from vllm_epdp import model_runners, patching
 
     target, directory, patches = _target_and_series(args)
     states = patching.status(target, patches)
     pending = patching.journal_pending(target.root)
     picked, runner_warnings = _runner_check(target, patches)
-    runner_warnings += runners.absent_runners(patches, target.package_dir)
+    runner_warnings += model_runners.absent_runners(patches, target.package_dir)
     if args.json:
         print(
             json.dumps(
@@ -303,9 +303,9 @@ def cmd_status(args) -> int:
 def _protects(patch, package_dir) -> list[str] | None:
     """The model runners a runner-level patch protects in this vLLM (those of
     its header that the vLLM has), None for a patch both runners share."""
-    from vllm_epdp import runners
+    from vllm_epdp import model_runners
 
-    covered = runners.protected(patch, package_dir)
+    covered = model_runners.protected(patch, package_dir)
     return None if covered is None else list(covered)
 
 
@@ -313,15 +313,15 @@ def _runner_check(target, patches):
     """(the runner the installed vLLM picks or None, warnings for runner-level
     patches that do not cover it). Asks vLLM itself, so only for the vLLM this
     Python imports; a checkout or an unimportable vLLM gets no answer."""
-    from vllm_epdp import runners
+    from vllm_epdp import model_runners
 
     if target.kind != "installed":
         return None, []
     try:
-        picked = runners.predict()
+        picked = model_runners.predict()
     except EpdpError:
         return None, []
-    return picked, runners.uncovered(patches, picked)
+    return picked, model_runners.uncovered(patches, picked)
 
 
 # States that keep `apply` from running (exit 1 for status and check).
@@ -369,8 +369,8 @@ def cmd_check(args) -> int:
 
 def _check_release(args) -> int:
     """check --release X: the series on release X's own files (see release_check)."""
-    from vllm_epdp import release_check, releases
-    from vllm_epdp.series import has_series, load_series, nearest_series, public_version, select
+    from vllm_epdp.patching import release_check, releases
+    from vllm_epdp.patching.series import has_series, load_series, nearest_series, public_version, select
 
     if args.checkout:
         raise EpdpError("--release and --checkout name two different trees: pass one of them")

@@ -2,7 +2,7 @@
 
     python soak_client.py --url http://127.0.0.1:8000 --seconds 600
     VLLM_EPDP_LEDGER=/tmp/ledger ./serve_dp_ep_cpu.sh MODEL &     # then, after:
-    python -m vllm_epdp.ledger compare /tmp/ledger
+    vllm-epdp ledger compare /tmp/ledger
 
 Requests arrive at random (Poisson, --rate per second) with random lengths
 (--lengths: max_tokens, 1-token ones included), and every --pause-every
@@ -186,7 +186,7 @@ def main(argv=None):
     if tally.failures or hung:
         print(
             f"VERDICT: FAIL {summary}; {len(tally.failures)} failed, {hung} never came back "
-            f"(server stacks: py-spy dump; ledger: python -m vllm_epdp.ledger compare DIR)",
+            f"(server stacks: py-spy dump; ledger: vllm-epdp ledger compare DIR)",
             flush=True,
         )
         return 1

@@ -1,6 +1,6 @@
 """Rank-side checks of the torch-only collective core (patch 0002).
 
-Run by vllm_epdp.ranks.run_ranks in each rank process; `core` is the path of a
+Run by vllm_epdp.harness.ranks.run_ranks in each rank process; `core` is the path of a
 packed_collectives.py materialised from the patch. Any mismatch raises with
 the case name, which run_ranks reports with the rank's stderr.
 """

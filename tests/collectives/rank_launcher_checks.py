@@ -1,4 +1,4 @@
-"""Rank functions that misbehave on purpose, to test the rank launcher (vllm_epdp.ranks) itself."""
+"""Rank functions that misbehave on purpose, to test the rank launcher (vllm_epdp.harness.ranks) itself."""
 
 import time
 

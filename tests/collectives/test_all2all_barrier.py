@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vllm_epdp.ranks import run_ranks
+from vllm_epdp.harness.ranks import run_ranks
 
 RANK_ALL2ALL = str(Path(__file__).parent / "rank_all2all.py")
 

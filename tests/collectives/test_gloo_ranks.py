@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp.ranks import run_ranks
+from vllm_epdp.harness.ranks import run_ranks
 
 CHECKS = str(Path(__file__).parent / "rank_launcher_checks.py")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp.ranks import run_ranks
+from vllm_epdp.harness.ranks import run_ranks
 
 RANK_CORE = str(Path(__file__).parent / "rank_core.py")
 WORLD_SIZES = [2, 4]

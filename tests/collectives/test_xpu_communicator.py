@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp.ranks import run_ranks
+from vllm_epdp.harness.ranks import run_ranks
 
 RANK_COMM = str(Path(__file__).parent / "rank_comm.py")
 

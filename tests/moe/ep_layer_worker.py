@@ -8,7 +8,7 @@ full-expert result. Writes, per case (dtype, experts class, scenario), the
 layer output and a dense float64 torch reference to EPDP_RESULT (torch.save).
 
 Which kernels run is chosen, not left to the machine:
-  EPDP_CPU_LEVEL  x86 level to run at (vllm_epdp.cpu_isa.emulate; default the
+  EPDP_CPU_LEVEL  x86 level to run at (vllm_epdp.harness.cpu_isa.emulate; default the
                   CPU's own): decides the kernel build vLLM loads
   EPDP_EXPERTS    "all" (default): each unquantized CPU experts class this
                   level can run, in turn; or one class name
@@ -26,6 +26,8 @@ import os
 import sys
 
 import torch
+
+from vllm_epdp.harness.ranks import init_vllm_world
 
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
@@ -135,7 +137,7 @@ def preferring(chosen: type):
 
 
 def main() -> None:
-    from vllm_epdp import cpu_isa
+    from vllm_epdp.harness import cpu_isa
 
     level = os.environ.get("EPDP_CPU_LEVEL") or cpu_isa.native_level()
     cpu_isa.emulate(level)  # before vLLM loads its kernels
@@ -144,10 +146,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_DIST_IDENT", f"epdp-ep-layer-{os.environ['MASTER_PORT']}")
 
     from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
-    from vllm.distributed.parallel_state import (
-        init_distributed_environment,
-        initialize_model_parallel,
-    )
+    from vllm.distributed.parallel_state import initialize_model_parallel
     from vllm.forward_context import set_forward_context
 
     config = VllmConfig(
@@ -165,13 +164,7 @@ def main() -> None:
     dtypes = [getattr(torch, d) for d in os.environ.get("EPDP_DTYPES", "float32,bfloat16").split(",")]
     results = {}
     with set_current_vllm_config(config):
-        init_distributed_environment(
-            world_size=WORLD,
-            rank=RANK,
-            distributed_init_method=(f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"),
-            local_rank=RANK,
-            backend="gloo",
-        )
+        init_vllm_world()
         initialize_model_parallel(tensor_model_parallel_size=WORLD)
 
         w13, w2 = full_weights()

@@ -10,7 +10,7 @@ The patch covers every unquantized CPU experts class, and vLLM picks the class
 and the kernel build from the CPU: on an AMX machine bf16 runs the AMX class
 X86CPUUnquantizedExperts from the ``_C`` build, on an AVX2-only machine the
 portable CPUUnquantizedExperts from ``_C_AVX2``. So the test runs every x86
-level this machine can run (vllm_epdp.cpu_isa) and, at each, every class that
+level this machine can run (vllm_epdp.harness.cpu_isa) and, at each, every class that
 level can run, and checks which build and class really ran.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vllm_epdp import cpu_isa
-from vllm_epdp.ranks import run_ranks
+from vllm_epdp.harness import cpu_isa
+from vllm_epdp.harness.ranks import run_ranks
 
 HERE = Path(__file__).resolve().parent
 WORLD = 2
@@ -157,7 +157,10 @@ def test_local_expert_pairs_drops_remote_and_negative_ids(vllm_patched):
     assert got["out"][3] == pytest.approx([9.0, 10.0, 11.0])
 
 
+# Slower tier: in CI the serve-tp2-dp2-ep fuzz seed runs TP=2 x DP=2 + EP engines
+# against DP=1 (tests/fuzz/test_fuzz_targets.py); the layer tests above run 0004 both ways.
 @pytest.mark.e2e
+@pytest.mark.full
 @pytest.mark.timeout(600)
 def test_tp2_ep_engine_matches_transformers(vllm_patched, tmp_path):
     """Real engine, TP=2 + EP (4 of 8 experts per worker), tiny fp32
@@ -165,7 +168,7 @@ def test_tp2_ep_engine_matches_transformers(vllm_patched, tmp_path):
     vLLM segfaults here (worker exit -11 in cpu_fused_moe.cpp); that direction
     is covered by the cheaper layer test above."""
     from tests.models.llm_helpers import hf_greedy, vllm_generate
-    from vllm_epdp import tiny_models
+    from vllm_epdp.harness import tiny_models
 
     model = tiny_models.build_qwen3_moe(tmp_path / "qwen3-moe")
     got = vllm_generate(

@@ -5,7 +5,7 @@ V1). Tests that take ``version`` run once per release.
 version         the release, one of RELEASES (the test's id says which)
 release_root    directory of that release's sdist unpacked (vllm/,
                 pyproject.toml, tests/): fetched from PyPI by
-                vllm_epdp.releases the first time (47-51 MB download, ~10 s
+                vllm_epdp.patching.releases the first time (47-51 MB download, ~10 s
                 each), then read from the cache (releases/ of
                 vllm_epdp.cache's directory); never written. The only network
                 use of these tests.

@@ -8,9 +8,10 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from vllm_epdp import patching, releases
-from vllm_epdp.series import load_series
-from vllm_epdp.target import Target
+from vllm_epdp import patching
+from vllm_epdp.patching import releases
+from vllm_epdp.patching.series import load_series
+from vllm_epdp.patching.vllm_tree import VllmTree
 
 # Series for releases with no CPU build here, tested on their own files.
 RELEASES = ("0.33.0", "0.34.0")
@@ -50,7 +51,7 @@ def release_trees(version: str, factory) -> tuple[Path, Path]:
         root = releases.unpacked(version)
         pristine = copy_package(root, factory.mktemp(f"pristine-{version}"))
         patched = copy_package(root, factory.mktemp(f"patched-{version}"))
-        target = Target(kind="checkout", root=patched, version=version)
+        target = VllmTree(kind="checkout", root=patched, version=version)
         patching.apply(target, load_series(version), log=lambda line: None)
         _TREES[version] = (pristine, patched)
     return _TREES[version]

@@ -16,9 +16,10 @@ import pytest
 import tool_helpers as th
 from release_trees import make_site
 
-from vllm_epdp import releases, runners
+from vllm_epdp import model_runners
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.series import load_series
+from vllm_epdp.patching import releases
+from vllm_epdp.patching.series import load_series
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -104,15 +105,15 @@ def test_runner_named_from_the_files(version, release_root, tmp_path):
     package = release_root / "vllm"
     env = {"PYTHONPATH": str(release_root)}
     if version == "0.34.0":
-        assert runners.present(package) == ("V2",) and runners.available(env) == ["v2"]
-        assert runners.predict(env) == runners.Choice("V2", runners.NO_V1_WHY)
-        assert "VLLM_USE_V2_MODEL_RUNNER" not in runners.runner_env("v2", env)
+        assert model_runners.present(package) == ("V2",) and model_runners.available(env) == ["v2"]
+        assert model_runners.predict(env) == model_runners.Choice("V2", model_runners.NO_V1_WHY)
+        assert "VLLM_USE_V2_MODEL_RUNNER" not in model_runners.runner_env("v2", env)
         with pytest.raises(EpdpError, match="Model Runner V1 is not in this vLLM"):
-            runners.runner_env("v1", env)
+            model_runners.runner_env("v1", env)
     else:
-        assert runners.present(package) == ("V1", "V2") and runners.available(env) == ["v1", "v2"]
-        assert runners.runner_env("v1", env)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
-        assert runners.runner_env("v2", env)["VLLM_USE_V2_MODEL_RUNNER"] == "1"
+        assert model_runners.present(package) == ("V1", "V2") and model_runners.available(env) == ["v1", "v2"]
+        assert model_runners.runner_env("v1", env)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+        assert model_runners.runner_env("v2", env)["VLLM_USE_V2_MODEL_RUNNER"] == "1"
     checkout = tmp_path / "src"
     shutil.copytree(package, checkout / "vllm")
     r = th.run_cli(["status", "--checkout", str(checkout), "--version", version, "--json"], None, None)

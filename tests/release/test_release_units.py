@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from release_trees import release_trees
 
-from vllm_epdp.ranks import run_ranks
-from vllm_epdp.series import load_series
+from vllm_epdp.harness.ranks import run_ranks
+from vllm_epdp.patching.series import load_series
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -122,7 +122,7 @@ def test_ray_on_cpu(units):
 
 def test_async_scheduling_decision(trees, tmp_path):
     """Patch 0011 in the release's VllmConfig, the same worker as on 0.32.0
-    (tests/runner/test_async_scheduling.py), CUDA-like decision."""
+    (tests/model_runner/test_async_scheduling.py), CUDA-like decision."""
     pristine, patched = trees
     d = run_workers(ASYNC_WORKER, {"pristine": pristine, "patched": patched}, tmp_path, "cuda-like")
     case = d["patched"]["ep_dp2_default"]
@@ -157,7 +157,7 @@ def test_packed_core_is_the_tested_one(version, repo_root):
 
 def test_v2_dp_sync_pads_under_ep(version, trees, tmp_path):
     """Both DP syncs of the release's own Python, 2 gloo ranks (the worker
-    of tests/runner/test_dp_padding.py): with the series every rank runs the
+    of tests/model_runner/test_dp_padding.py): with the series every rank runs the
     DP-wide count under EP in V2's sync; as released, each its own. V1's
     sync (v1/worker/dp_utils.py) pads too up to 0.33.0; 0.34.0 has no V1
     runner, and the callers left (the non-x86 StandaloneCPUModelRunner,

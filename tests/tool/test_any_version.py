@@ -10,8 +10,8 @@ import shutil
 import pytest
 import tool_helpers as th
 
-from vllm_epdp import series
-from vllm_epdp.target import model_runner
+from vllm_epdp.patching import series
+from vllm_epdp.patching.vllm_tree import model_runner
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,7 +80,7 @@ def test_checkout_of_unknown_version_stays_unknown(tmp_path, fake_patches):
 
 def fake_release(cache, version="0.32.0"):
     """A stand-in for release `version`'s unpacked sdist in the cache layout
-    of vllm_epdp.releases (so check --release never goes to the network)."""
+    of vllm_epdp.patching.releases (so check --release never goes to the network)."""
     root = cache / "releases" / f"vllm-{version}"
     th.write_files(root, th.BASE_FILES, version)
     (root / "pyproject.toml").write_text("[project]\nname = 'vllm'\n")

@@ -6,7 +6,8 @@ import shutil
 import subprocess
 import sys
 
-from vllm_epdp import cache, overlay, releases
+from vllm_epdp import cache
+from vllm_epdp.patching import overlay, releases
 
 
 def test_env_var_wins(monkeypatch, tmp_path):

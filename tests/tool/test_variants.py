@@ -1,4 +1,4 @@
-"""Variants of the patched overlay (vllm_epdp.variants), on the installed vLLM:
+"""Variants of the patched overlay (vllm_epdp.patching.variants), on the installed vLLM:
 the series without a patch, the series with one edit, and the errors."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from vllm_epdp import overlay
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.patching import overlay
 from vllm_epdp.patching.git import git_apply
-from vllm_epdp.series import load_series
-from vllm_epdp.target import detect_installed
-from vllm_epdp.variants import overlay_with_edit, overlay_without
+from vllm_epdp.patching.series import load_series
+from vllm_epdp.patching.variants import overlay_with_edit, overlay_without
+from vllm_epdp.patching.vllm_tree import detect_installed
 
 pytestmark = pytest.mark.timeout(300)
 

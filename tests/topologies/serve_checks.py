@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vllm_epdp import procs
+from vllm_epdp.harness import procs
 
 CLIENT = Path(__file__).resolve().parents[2] / "examples" / "online_serving" / "client_check.py"
 CLIENT_TIMEOUT_S = 600

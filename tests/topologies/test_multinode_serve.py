@@ -1,8 +1,8 @@
 """Multi-node DP as users run it, on one machine: two "nodes" are two network
-namespaces joined by a veth pair (vllm_epdp.netns); node A runs `vllm serve
+namespaces joined by a veth pair (vllm_epdp.harness.netns); node A runs `vllm serve
 --data-parallel-size 2 --data-parallel-size-local 1 --data-parallel-address A`
 (API + DP rank 0), node B the same with `--headless --data-parallel-start-rank
-1` (vllm_epdp.topology_netns). DP=2 + EP, the tiny fp32 Qwen3-MoE.
+1` (vllm_epdp.harness.topology_netns). DP=2 + EP, the tiny fp32 Qwen3-MoE.
 
 What must hold: greedy fp32 answers identical token for token to a DP=1
 server of the same model; the collective ledger, written by the processes of
@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.topologies.serve_checks import client, left_running, pids_of
-from vllm_epdp import ledger, netns, serving, tiny_models
+from vllm_epdp.diagnostics import ledger
+from vllm_epdp.harness import netns, serving, tiny_models
 
 pytestmark = [
     pytest.mark.e2e,

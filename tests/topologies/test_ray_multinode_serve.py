@@ -1,6 +1,6 @@
 """Ray DP over two nodes for real, on one machine: a Ray head in one network
 namespace and a Ray worker node in the other, joined by a veth pair
-(vllm_epdp.netns, topology ray-multinode); `vllm serve --data-parallel-backend
+(vllm_epdp.harness.netns, topology ray-multinode); `vllm serve --data-parallel-backend
 ray --data-parallel-size 2 --data-parallel-size-local 1` on the head, so Ray
 places DP rank 0 on the head and DP rank 1 on the worker node (patch 0015).
 DP=2 + EP, the tiny fp32 Qwen3-MoE, RayExecutorV2.
@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.topologies.serve_checks import client, left_running, pids_of
-from vllm_epdp import ledger, netns, serving, tiny_models
+from vllm_epdp.diagnostics import ledger
+from vllm_epdp.harness import netns, serving, tiny_models
 
 pytestmark = [
     pytest.mark.e2e,

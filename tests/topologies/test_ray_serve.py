@@ -1,6 +1,6 @@
 """`vllm serve` on Ray on one host, as users run it when they outgrow the mp
 backend (patch 0015): a Ray cluster of our own on loopback with a fixed CPU
-count (vllm_epdp.ray_cluster), then
+count (vllm_epdp.harness.ray_cluster), then
 
 - ``--data-parallel-backend ray``: DP=2 + EP, each DP rank an engine-core
   actor placed by Ray, its worker a Ray actor (vLLM picks the Ray executor
@@ -30,10 +30,12 @@ from pathlib import Path
 import pytest
 
 from tests.topologies.serve_checks import client, left_running, pids_of
-from vllm_epdp import ledger, procs, ray_cluster, runners, serving, tiny_models, topology_ray
-from vllm_epdp.overlay import env_with
-from vllm_epdp.ports import free_port
-from vllm_epdp.variants import overlay_without
+from vllm_epdp import model_runners
+from vllm_epdp.diagnostics import ledger
+from vllm_epdp.harness import cpu_host, procs, ray_cluster, serving, tiny_models, topology_ray
+from vllm_epdp.harness.ports import free_port
+from vllm_epdp.patching.overlay import env_with
+from vllm_epdp.patching.variants import overlay_without
 
 pytestmark = [pytest.mark.e2e]
 FULL = pytest.mark.full
@@ -69,7 +71,7 @@ def ray_files_outside() -> set[str]:
 def test_without_the_patch_vllm_stops_at_the_ray_device(tiny_moe, tmp_path):
     """The series without 0015 is vLLM as released, for Ray: the Ray DP
     backend stops while placing the DP ranks, with vLLM's own error."""
-    env = serving.cpu_env(env_with(overlay_without("0015")), 2)
+    env = cpu_host.cpu_env(env_with(overlay_without("0015")), 2, hub_offline=True)
     deployment = serving.Deployment(str(tiny_moe), dp=2, topology="ray")
     argv = deployment.one_host_argv(free_port()) + topology_ray.backend_args(deployment)
     log = tmp_path / "server.log"
@@ -100,7 +102,7 @@ def serve_and_check(deployment: serving.Deployment, env, reference: Path, workdi
     assert verdict.startswith("VERDICT: PASS 16/16 answers matched"), verdict + "\n" + tail
 
     text = server.logs[0].read_text(errors="replace")
-    assert runners.runner_in_logs(server.logs[:1]) == deployment.runner.upper(), tail
+    assert model_runners.runner_in_logs(server.logs[:1]) == deployment.runner.upper(), tail
     assert f"({EXECUTOR_LOG[deployment.ray_executor]} pid=" in text, tail  # workers are Ray actors
     if deployment.topology == "ray":
         assert "Creating placement groups for data parallel" in text

@@ -11,10 +11,10 @@ import subprocess
 
 import pytest
 
-from vllm_epdp import patch_lint, releases
+from vllm_epdp.patching import patch_lint, releases
 from vllm_epdp.cli import main
-from vllm_epdp.series import load_series, public_version, supported_versions
-from vllm_epdp.target import detect_installed
+from vllm_epdp.patching.series import load_series, public_version, supported_versions
+from vllm_epdp.patching.vllm_tree import detect_installed
 from vllm_epdp.upstream import judge_results, testrun
 from vllm_epdp.upstream.kits import load_kits
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from vllm_epdp.series import load_series, supported_versions
+from vllm_epdp.patching.series import load_series, supported_versions
 from vllm_epdp.upstream.kits import kit_for, load_kits
 
 SECTION = re.compile(r"^## (\d{4}) (.+)$", re.M)

@@ -65,7 +65,7 @@ class Report(Counts):
     restarts: int = 0
     runner_seen: str | None = None  # what the target's logs show ran ("V1", "V2"), not what was asked
     # Steps the target's engine cores scheduled while another batch ran
-    # (vllm_epdp.async_probe): > 0 is what shows async scheduling really ran.
+    # (vllm_epdp.diagnostics.async_probe): > 0 is what shows async scheduling really ran.
     overlapped_steps: int = 0
     failures: list[dict] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
@@ -136,13 +136,13 @@ def fuzz(
     from hypothesis import seed as hypothesis_seed
     from hypothesis.database import DirectoryBasedExampleDatabase
 
-    from vllm_epdp import tiny_models
     from vllm_epdp.cache import cache_root
     from vllm_epdp.fuzz.offline import OfflineSession
     from vllm_epdp.fuzz.schedule import Schedule
     from vllm_epdp.fuzz.session import Session
     from vllm_epdp.fuzz.strategies import schedules
     from vllm_epdp.fuzz.targets import target
+    from vllm_epdp.harness import tiny_models
 
     started = time.monotonic()
     chosen = target(target_name)

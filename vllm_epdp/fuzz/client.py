@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 from vllm_epdp.fuzz.schedule import Request, Schedule
+from vllm_epdp.harness import serving
 
 
 @dataclasses.dataclass
@@ -48,10 +49,6 @@ def _body(model: str, req: Request, top: int = 1) -> bytes:
     return json.dumps(body).encode()
 
 
-def _token_id(text: str) -> int:
-    return int(text.rpartition(":")[2])  # "token_id:123"
-
-
 def _add(answer: Answer, choice: dict) -> None:
     index = choice.get("index", 0)
     while len(answer.choices) <= index:
@@ -59,10 +56,10 @@ def _add(answer: Answer, choice: dict) -> None:
         answer.logprobs.append([])
         answer.top.append([])
     lp = choice.get("logprobs") or {}
-    answer.choices[index] += [_token_id(t) for t in lp.get("tokens") or []]
+    answer.choices[index] += [serving.token_id(t) for t in lp.get("tokens") or []]
     answer.logprobs[index] += [float(x) for x in lp.get("token_logprobs") or []]
     answer.top[index] += [
-        {_token_id(t): float(x) for t, x in (pos or {}).items()} for pos in lp.get("top_logprobs") or []
+        {serving.token_id(t): float(x) for t, x in (pos or {}).items()} for pos in lp.get("top_logprobs") or []
     ]
 
 

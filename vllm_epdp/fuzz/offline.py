@@ -21,16 +21,18 @@ import shutil
 import time
 from pathlib import Path
 
-from vllm_epdp import ledger, procs, runners
-from vllm_epdp.cpu_host import cpu_env
+from vllm_epdp import model_runners
+from vllm_epdp.diagnostics import ledger
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.fuzz.client import Answer
 from vllm_epdp.fuzz.schedule import WAVE_GAP_S, Schedule
 from vllm_epdp.fuzz.session import SessionBase, ledger_problems
 from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
-from vllm_epdp.fuzz.verdict import Outcome, judge
-from vllm_epdp.verify.rank import PROGRESS
-from vllm_epdp.verify.runner import rank_processes, write_spec
+from vllm_epdp.fuzz.verdict import Verdict, judge
+from vllm_epdp.harness import procs
+from vllm_epdp.harness.cpu_host import cpu_env
+from vllm_epdp.harness.offline_dp import rank_processes, write_spec
+from vllm_epdp.harness.offline_engine import PROGRESS
 
 SCHEDULE_TIMEOUT_S = 300.0
 START_LIMIT_S = 600.0
@@ -77,8 +79,8 @@ class OfflineSession(SessionBase):
         self.say(f"[fuzz] starting {t.name}: DP={t.dp}+TP={t.tp}+EP {t.topology} runner={self.runner} async={asked}")
         d = self.rank_dir
         self.job = 0
-        env = runners.runner_env(self.runner, cpu_env(self.probe_env(d), t.dp * t.tp))
-        env.update(HF_HUB_OFFLINE="1", VLLM_EPDP_LEDGER=str(d / "ledger"))
+        env = model_runners.runner_env(self.runner, cpu_env(self.probe_env(d), t.dp * t.tp, hub_offline=True))
+        env.update(VLLM_EPDP_LEDGER=str(d / "ledger"))
         spec = {
             "model": self.model,
             "dtype": "float32",
@@ -129,7 +131,7 @@ class OfflineSession(SessionBase):
 
     def _log_tail(self) -> str:
         """Each rank's first error (the root cause, before the cascade) and its last lines."""
-        from vllm_epdp.log_forensics import first_error, log_tail
+        from vllm_epdp.harness.log_forensics import first_error, log_tail
 
         return "\n".join(f"--- {p}\nfirst error: {first_error(p) or 'none'}\n{log_tail(p, 40)}" for p in self.logs)
 
@@ -150,7 +152,7 @@ class OfflineSession(SessionBase):
         """Stop ranks that hung or died now; the next schedule starts new ones."""
         self._stop_ranks()
 
-    def run(self, schedule: Schedule) -> Outcome:
+    def run(self, schedule: Schedule) -> Verdict:
         if self.group is None or not self.alive():
             self._stop_ranks()
             self.restarts += 1

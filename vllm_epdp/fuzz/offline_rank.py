@@ -4,13 +4,13 @@ after batch.
 
     python -m vllm_epdp.fuzz.offline_rank SPEC.json
 
-SPEC (written by vllm_epdp.fuzz.offline): what vllm_epdp.verify.rank's
-start_engine takes, plus ``inbox`` (the parent writes job ``<k>.json`` there,
+SPEC (written by vllm_epdp.fuzz.offline): what
+vllm_epdp.harness.offline_engine.start_engine takes, plus ``inbox`` (the parent writes job ``<k>.json`` there,
 k = 0, 1, ..., or ``stop``), ``outbox`` (this rank's answers to job k go to
 ``<k>.rank<dp_rank>.json``, or the error that killed its engine) and ``barrier_dir``. A job is a list of waves,
 each a list per DP rank of requests (id, prompt token ids, max_tokens, n).
 Every wave starts on all ranks together and an idle rank submits the
-placeholder (verify.rank.generate_wave: vLLM's offline DP contract).
+placeholder (harness.offline_engine.generate_wave: vLLM's offline DP contract).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from vllm_epdp.verify.rank import barrier, generate_wave, json_number, progress, start_engine
+from vllm_epdp.harness.offline_engine import barrier, generate_wave, json_number, progress, start_engine
 
 POLL_S = 0.05
 

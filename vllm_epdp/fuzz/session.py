@@ -8,11 +8,13 @@ import concurrent.futures
 import contextlib
 from pathlib import Path
 
-from vllm_epdp import async_probe, ledger, runners, serving
+from vllm_epdp import model_runners
+from vllm_epdp.diagnostics import async_probe, ledger
 from vllm_epdp.fuzz import client
 from vllm_epdp.fuzz.schedule import Request, Schedule
 from vllm_epdp.fuzz.targets import Target
-from vllm_epdp.fuzz.verdict import Outcome, judge
+from vllm_epdp.fuzz.verdict import Verdict, judge
+from vllm_epdp.harness import serving
 
 REQUEST_TIMEOUT_S = 120.0
 
@@ -93,7 +95,7 @@ class SessionBase:
 
     def runner_seen(self) -> str | None:
         """The model runner the target's logs show ("V1", "V2"), not the one asked for."""
-        return runners.runner_in_logs(self.logs)
+        return model_runners.runner_in_logs(self.logs)
 
     def probe_env(self, target_dir: Path) -> dict[str, str]:
         """The session's environment with the async probe on for one target
@@ -141,7 +143,7 @@ class Session(SessionBase):
         self.target_stack.close()
         self.server = None
 
-    def run(self, schedule: Schedule) -> Outcome:
+    def run(self, schedule: Schedule) -> Verdict:
         if self.server is None or not self.server.alive() or not serving.healthy(self.server.url):
             if self.server is not None:
                 self.retire_target()

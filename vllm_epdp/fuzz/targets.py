@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.serving import Deployment
+from vllm_epdp.harness.serving import Deployment
 
 MAX_MODEL_LEN = 512
 # Blocks of 128 tokens per DP rank. vLLM admits a request once its prompt's
@@ -23,7 +23,7 @@ class Target:
     summary: str
     dp: int
     tp: int
-    topology: str  # serving: vllm_epdp.serving.TOPOLOGIES; offline: "offline" (VLLM_DP_* per rank), "torchrun"
+    topology: str  # serving: vllm_epdp.harness.serving.TOPOLOGIES; offline: "offline" (VLLM_DP_* per rank), "torchrun"
     small_kv: bool = False
     ray_executor: str = "v2"  # Ray topologies: "v2" (RayExecutorV2) or "legacy"
 

@@ -39,7 +39,7 @@ def near_tie(top: dict[int, float], token: int) -> bool:
 
 @dataclasses.dataclass(kw_only=True)
 class Counts:
-    """What a schedule (Outcome) or a whole fuzz run (fuzz.Report) saw."""
+    """What a schedule (Verdict) or a whole fuzz run (fuzz.Report) saw."""
 
     requests: int = 0
     aborts: int = 0
@@ -59,7 +59,7 @@ class Counts:
 
 
 @dataclasses.dataclass
-class Outcome(Counts):
+class Verdict(Counts):
     problems: list[str]
 
     @property
@@ -74,10 +74,10 @@ def judge(
     ledger_problems: list[str],
     preemptions: int = 0,
     tops: dict[tuple, list[dict[int, float]]] | None = None,
-) -> Outcome:
+) -> Verdict:
     """``reference``: DP=1's tokens per Request.key(); ``tops``: its most
     likely tokens per position, which allow a tie (without them, none is)."""
-    out = Outcome([], requests=len(schedule.requests), preemptions=preemptions)
+    out = Verdict([], requests=len(schedule.requests), preemptions=preemptions)
     for i, (req, ans) in enumerate(zip(schedule.requests, answers)):
         where = f"request {i} (prompt {len(req.prompt)} tokens, max_tokens {req.max_tokens}, n {req.n})"
         want = reference.get(req.key())

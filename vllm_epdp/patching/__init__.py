@@ -1,4 +1,4 @@
-"""The patching API: status, check, apply and revert of a patch series on a target, with `git apply`.
+"""The patching API: status, check, apply and revert of a patch series on a vLLM tree, with `git apply`.
 
 The names callers use, gathered from the modules that each do one part:
 status.py (the state of every patch), change.py (apply/revert, all or
@@ -7,10 +7,10 @@ nothing, and check), record.py (the revisions apply wrote), journal.py
 (`git apply` and scratch copies), files.py (modes, bytecode, writability).
 """
 
+from vllm_epdp.patching.applied import APPLIED_RECORD, record_dir
 from vllm_epdp.patching.change import apply, check, revert
 from vllm_epdp.patching.journal import JOURNAL, journal_pending, recover
 from vllm_epdp.patching.lock import root_lock
-from vllm_epdp.patching.record import APPLIED_RECORD, record_dir
 from vllm_epdp.patching.status import APPLIED, CONFLICTS, NOT_APPLIED, OUTDATED, PatchStatus, status
 
 __all__ = [

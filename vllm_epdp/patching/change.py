@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass
 
 from vllm_epdp.errors import CheckFailed, EpdpError
+from vllm_epdp.patching.applied import backfill_record, update_record
 from vllm_epdp.patching.files import drop_bytecode, file_modes, require_writable, restore_modes
 from vllm_epdp.patching.git import Scratch, all_files, git_apply
 from vllm_epdp.patching.journal import Journal, recover
 from vllm_epdp.patching.lock import root_lock
 from vllm_epdp.patching.log import Log, to_stderr
-from vllm_epdp.patching.record import backfill_record, update_record
+from vllm_epdp.patching.series import Patch, select
 from vllm_epdp.patching.status import (
     APPLIED,
     CONFLICTS,
@@ -30,15 +31,14 @@ from vllm_epdp.patching.status import (
     conflict_summary,
     status,
 )
-from vllm_epdp.series import Patch, select
-from vllm_epdp.target import Target, record_mismatches
+from vllm_epdp.patching.vllm_tree import VllmTree, record_mismatches
 
 # Test hook: sleep this many seconds after each patch written, so that tests can
 # interrupt an apply/revert half way.
 _PAUSE_ENV = "VLLM_EPDP_TEST_PAUSE_AFTER_PATCH"
 
 
-def check(target: Target, patches: list[Patch], names: list[str] | None = None) -> list[PatchStatus]:
+def check(target: VllmTree, patches: list[Patch], names: list[str] | None = None) -> list[PatchStatus]:
     """Dry run of apply for the selected patches: their states, after the same
     ordering rules apply enforces (EpdpError if the selection breaks them)."""
     selected = select(patches, names)
@@ -49,13 +49,13 @@ def check(target: Target, patches: list[Patch], names: list[str] | None = None) 
     return [states[p.name] for p in selected]
 
 
-def apply(target: Target, patches: list[Patch], names: list[str] | None = None, log: Log = to_stderr) -> list[Patch]:
+def apply(target: VllmTree, patches: list[Patch], names: list[str] | None = None, log: Log = to_stderr) -> list[Patch]:
     """Apply the selected patches (default: all) that are not applied yet.
     Returns the patches written; raises CheckFailed/EpdpError leaving no change."""
     return _change(target, patches, names, reverse=False, log=log)
 
 
-def revert(target: Target, patches: list[Patch], names: list[str] | None = None, log: Log = to_stderr) -> list[Patch]:
+def revert(target: VllmTree, patches: list[Patch], names: list[str] | None = None, log: Log = to_stderr) -> list[Patch]:
     """Take the selected applied patches (default: all) off, last first. On an
     installed target every file they touched must then hash as in RECORD."""
     return _change(target, patches, names, reverse=True, log=log)
@@ -73,7 +73,7 @@ class _Plan:
     todo: list[Patch]  # to write, in order (last first for a revert)
 
 
-def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log) -> list[Patch]:
+def _change(target: VllmTree, patches: list[Patch], names, reverse: bool, log: Log) -> list[Patch]:
     root = target.root
     with root_lock(root, log):
         recover(root, log)
@@ -104,7 +104,7 @@ def _change(target: Target, patches: list[Patch], names, reverse: bool, log: Log
         return plan.todo
 
 
-def _plan(target: Target, patches: list[Patch], names, reverse: bool) -> _Plan:
+def _plan(target: VllmTree, patches: list[Patch], names, reverse: bool) -> _Plan:
     """The states of the series and the patches to write; CheckFailed where a
     selected patch conflicts, or is outdated and asked to be applied."""
     verb = "revert" if reverse else "apply"
@@ -138,7 +138,7 @@ def _plan(target: Target, patches: list[Patch], names, reverse: bool) -> _Plan:
     return _Plan(verb, reverse, patches, selected, states, todo)
 
 
-def _write(target: Target, plan: _Plan, touched: list[str], log: Log) -> None:
+def _write(target: VllmTree, plan: _Plan, touched: list[str], log: Log) -> None:
     """git apply every patch of the plan on the tree itself, under a journal."""
     root = target.root
     with Journal(root, touched, f"{plan.verb} {' '.join(p.number for p in plan.todo)}", log):
@@ -189,7 +189,7 @@ def _pristine_after_revert(plan: _Plan) -> list[str]:
     return [f for f in all_files(plan.todo) if f not in still]
 
 
-def _dry_run(target: Target, plan: _Plan, touched: list[str]) -> None:
+def _dry_run(target: VllmTree, plan: _Plan, touched: list[str]) -> None:
     """Every patch first, in a scratch copy; then (revert) the RECORD hashes."""
     with Scratch(target.root, touched) as s:
         for p in plan.todo:

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.target import Target
+from vllm_epdp.patching.vllm_tree import VllmTree
 
 
-def require_writable(target: Target, paths: Iterable[str]) -> None:
+def require_writable(target: VllmTree, paths: Iterable[str]) -> None:
     """Fail before changing anything if any file, or the directory it is written
     into, is not writable (git apply replaces files, so directories matter)."""
     root = target.root

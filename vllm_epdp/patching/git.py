@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_epdp.series import Patch, run_git
+from vllm_epdp.patching.series import Patch, run_git
 
 
 @dataclass

@@ -6,7 +6,7 @@ not applied  it applies on top of the earlier patches of the series
 conflicts    neither: the tree was changed locally; the report names the file
              and hunk git could not place
 outdated     it conflicts, but the revision of it that apply recorded
-             (record.py) is applied: the tree holds an older revision of the patch
+             (applied.py) is applied: the tree holds an older revision of the patch
              (a revision is its diff: a recorded copy whose header alone differs
              counts as the shipped one)
 """
@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from vllm_epdp.patching.applied import record_dir, recorded
 from vllm_epdp.patching.git import Scratch, all_files
-from vllm_epdp.patching.record import record_dir, recorded
-from vllm_epdp.series import Patch
-from vllm_epdp.target import Target
+from vllm_epdp.patching.series import Patch
+from vllm_epdp.patching.vllm_tree import VllmTree
 
 APPLIED = "applied"
 NOT_APPLIED = "not applied"
@@ -39,7 +39,7 @@ class PatchStatus:
         return self.patch.state_json(self.state, self.details)
 
 
-def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
+def status(target: VllmTree, patches: list[Patch]) -> list[PatchStatus]:
     """State of every patch (see the module docstring), OUTDATED included."""
     result = _stack_status(target, patches)
     if not any(r.state == CONFLICTS for r in result):
@@ -72,7 +72,7 @@ def status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
     return on_disk
 
 
-def _stack_status(target: Target, patches: list[Patch]) -> list[PatchStatus]:
+def _stack_status(target: VllmTree, patches: list[Patch]) -> list[PatchStatus]:
     """State of every patch, judged as a stack: later applied patches are taken
     off (in a scratch copy) before an earlier one is tested, so patches that
     change the same file are judged correctly."""

@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vllm_epdp.errors import CheckFailed, EpdpError
-from vllm_epdp.series import load_series, public_version, select, supported_versions
+from vllm_epdp.patching.series import load_series, public_version, select, supported_versions
 from vllm_epdp.upstream import describe, repo, testrun
 from vllm_epdp.upstream.kits import Kit, kit_for, load_kits
 
@@ -127,7 +127,7 @@ def say(line: str) -> None:
 
 
 def write(kit: Kit, release: str, patches, out: Path, run_tests: bool = True) -> int:
-    from vllm_epdp import releases
+    from vllm_epdp.patching import releases
 
     carried = kit.resolve(patches)
     release_root = releases.unpacked(release, say)
@@ -185,8 +185,8 @@ def commit_message(kit: Kit, carried) -> str:
 def run_both_ways(kit: Kit, workdir: Path):
     """(vLLM version run on, run without the kit's patches, run with them),
     or (None, None, None) where this Python's vLLM cannot run them."""
-    from vllm_epdp import overlay, releases, variants
-    from vllm_epdp.target import detect_installed
+    from vllm_epdp.patching import overlay, releases, variants
+    from vllm_epdp.patching.vllm_tree import detect_installed
 
     try:
         installed = detect_installed()

@@ -50,7 +50,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.series import Patch
+from vllm_epdp.patching.series import Patch
 
 DEVICES = ("cpu", "xpu", "cuda")
 MODES = ("new", "append")

@@ -15,9 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vllm_epdp import patch_lint
+from vllm_epdp.patching import patch_lint
 from vllm_epdp.errors import CheckFailed, EpdpError
-from vllm_epdp.series import Patch, run_git
+from vllm_epdp.patching.series import Patch, run_git
 from vllm_epdp.upstream.kits import Kit
 from vllm_epdp.upstream.testrun import place
 

@@ -6,7 +6,7 @@ release's ``pyproject.toml`` beside it (pytest markers), the kit files placed
 at their paths in it. The copy is hard links (2,400 files, no data copied);
 a file a kit appends to is written anew, never through a link. The tree holds
 no ``vllm/``: vLLM is imported from the overlay put first on PYTHONPATH
-(vllm_epdp.overlay / variants), with its compiled kernels.
+(vllm_epdp.patching.overlay / variants), with its compiled kernels.
 
 One pytest process runs any number of kits (vLLM's tests/conftest.py imports
 vLLM, transformers and PIL: ~13 s of CPU per process); the outcome of every
@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vllm_epdp import procs
+from vllm_epdp.harness import procs
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.upstream.kits import Kit
 

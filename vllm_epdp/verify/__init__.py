@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vllm_epdp import target
+from vllm_epdp import model_runners
 from vllm_epdp.errors import EpdpError
+from vllm_epdp.patching import vllm_tree
 from vllm_epdp.verify import plan as plan_mod
 from vllm_epdp.verify.args import add_arguments, make_plan
 from vllm_epdp.verify.assess import assess
@@ -38,16 +39,16 @@ def _say(msg: str) -> None:
 def _vllm_location() -> dict:
     """The vLLM the runs will import (verify needs no wheel: --model on an
     editable install is fine), for the report."""
-    package = target.importable_package()
+    package = model_runners.importable_package()
     if package is None:
         raise EpdpError(
             "vLLM is not importable by this Python; install it (CPU: ./dev setup) or run verify from its environment"
         )
-    return {"location": str(package), "version": target.version_from_file(package.parent) or "unknown"}
+    return {"location": str(package), "version": vllm_tree.version_from_file(package.parent) or "unknown"}
 
 
 def _build_models(plan: plan_mod.Plan) -> None:
-    from vllm_epdp import tiny_models
+    from vllm_epdp.harness import tiny_models
 
     needed = {c.model for c, _ in plan.runs()}
     for key in sorted(needed):
@@ -71,9 +72,9 @@ def run(args) -> int:
         workroot.mkdir(parents=True, exist_ok=True)
     else:
         workroot = Path(tempfile.mkdtemp(prefix="vllm-epdp-verify-"))
-    from vllm_epdp.verify import runner, server
+    from vllm_epdp.verify import offline, server
 
-    settings = runner.Settings(
+    settings = offline.Settings(
         device=args.device,
         timeout_s=args.timeout,
         watch=args.deep or not args.model,  # the hooks cost a host sync per layer: opt-in on real models
@@ -84,7 +85,7 @@ def run(args) -> int:
     # Targets first: a target that crashes needs no reference, so a broken
     # setup fails fast. A model's reference runs only if one of its targets
     # produced output to compare.
-    results: dict[str, runner.RunResult] = {}
+    results: dict[str, offline.RunResult] = {}
     runs = plan.runs()
     ordered = [r for r in runs if not r[0].reference] + [r for r in runs if r[0].reference]
     for config, scenarios in ordered:
@@ -98,7 +99,7 @@ def run(args) -> int:
             continue
         workdir = workroot / config.key
         shutil.rmtree(workdir, ignore_errors=True)
-        run_fn = server.run_server if config.launcher == "serve" else runner.run_offline
+        run_fn = server.run_server if config.launcher == "serve" else offline.run_offline
         result = run_fn(config, model, scenarios, workdir, settings)
         results[config.key] = result
         _say(f"[verify] {config.key}: {'done' if result.ok else 'FAILED'} ({result.wall_s:.0f} s)")
@@ -107,7 +108,16 @@ def run(args) -> int:
     for config, _ in runs:  # table order: references first
         if config.key in results:
             reference = references.get((config.model, config.runner))
-            rows.append(assess(results[config.key], plan.models[config.model], reference, args))
+            rows.append(
+                assess(
+                    results[config.key],
+                    plan.models[config.model],
+                    reference,
+                    deep=args.deep,
+                    ledger=args.ledger,
+                    tolerance=args.tolerance,
+                )
+            )
     report = {
         "ok": bool(rows) and all(r["verdict"] == "PASS" for r in rows),
         "vllm": vllm_info,

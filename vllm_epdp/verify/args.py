@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vllm_epdp import runners
+from vllm_epdp import model_runners
 from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.verify import compare
@@ -103,8 +103,8 @@ def make_plan(args) -> plan_mod.Plan:
         configs = plan_mod.embedded_configs()
     runner = args.runner or ("auto" if args.model else "both")
     # "both" is every runner this vLLM has: V2 alone from 0.34.0 on (no V1).
-    have = runners.available()
+    have = model_runners.available()
     if runner not in ("auto", "both") and runner not in have:
-        raise EpdpError(f"{runners.NO_V1_WHY}: --runner {runner} cannot run; use --runner v2, auto or both")
+        raise EpdpError(f"{model_runners.NO_V1_WHY}: --runner {runner} cannot run; use --runner v2, auto or both")
     configs = plan_mod.for_runners(configs, have if runner == "both" else [runner])
     return plan_mod.select(models, configs, args.scenario, args.all)

@@ -14,9 +14,11 @@ from vllm_epdp.verify import compare
 from vllm_epdp.verify.plan import Model
 
 
-def assess(result, model: Model, reference, args) -> dict:
-    """One table row (and JSON entry) for a run."""
-    from vllm_epdp import nonfinite
+def assess(result, model: Model, reference, *, deep: bool, ledger: bool, tolerance: float) -> dict:
+    """One table row (and JSON entry) for a run. ``deep``: padding rows count
+    too; ``ledger``: the run kept a ledger to compare; ``tolerance``: for
+    models compared closely rather than exactly."""
+    from vllm_epdp.diagnostics import nonfinite
 
     config = result.config
     row = {
@@ -58,7 +60,7 @@ def assess(result, model: Model, reference, args) -> dict:
         return row
     if watch:
         bad_real, bad_pad = watch["real_nonfinite_rows"], watch["pad_nonfinite_rows"]
-        if bad_real or (args.deep and bad_pad):
+        if bad_real or (deep and bad_pad):
             where = ", ".join(
                 f"{name} (real {e['real_nonfinite_rows']}, pad {e['pad_nonfinite_rows']}, "
                 f"first at step {e['first_step']})"
@@ -66,8 +68,8 @@ def assess(result, model: Model, reference, args) -> dict:
                 if e["real_nonfinite_rows"] or e["pad_nonfinite_rows"]
             )
             row["problems"].append(f"non-finite rows: {bad_real} real, {bad_pad} padding; {where}")
-    if args.ledger:
-        from vllm_epdp import ledger
+    if ledger:
+        from vllm_epdp.diagnostics import ledger
 
         ledger_dir = result.workdir / "ledger"
         mismatches = ledger.compare(ledger_dir) if ledger_dir.exists() else ["no ledger was written"]
@@ -88,7 +90,7 @@ def assess(result, model: Model, reference, args) -> dict:
         return row
     for scenario in result.scenarios:
         verdict = compare.compare_runs(
-            reference.outputs.get(scenario, {}), result.outputs.get(scenario, {}), model.mode, args.tolerance
+            reference.outputs.get(scenario, {}), result.outputs.get(scenario, {}), model.mode, tolerance
         )
         row["scenarios"][scenario] = {
             "ok": verdict.ok,
@@ -111,8 +113,8 @@ def ran_runner(workdir: Path, watch: dict | None) -> str | None:
     """The model runner a run really used: what nan_watch saw in the worker
     (the runner's class), else vLLM's own log line for V2 (V1 logs none of its
     own); None if no engine got that far."""
-    from vllm_epdp import runners
+    from vllm_epdp import model_runners
 
     if watch and watch.get("runners"):
         return "+".join(sorted(watch["runners"]))
-    return runners.runner_in_logs(Path(workdir).glob("*.log"))
+    return model_runners.runner_in_logs(Path(workdir).glob("*.log"))

@@ -3,7 +3,7 @@ DP=1 reference, a TP>1 engine, or one torchrun rank (external launcher).
 
     python -m vllm_epdp.verify.rank SPEC.json
 
-SPEC (written by verify/runner.py): model, dtype, tp, dp, dp_rank, ep,
+SPEC (written by verify/offline.py): model, dtype, tp, dp, dp_rank, ep,
 launcher ("mp" | "torchrun"), max_model_len, optionally async_scheduling
 (true/false; absent: vLLM's default), logprobs, scenarios (each with
 waves per DP rank), out (result JSON path; "{rank}" is filled in), barrier_dir.
@@ -16,28 +16,13 @@ progress display. The engine starts once; every scenario runs in it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
-PROGRESS = "@@verify "
-
-
-def progress(**event) -> None:
-    print(PROGRESS + json.dumps(event), flush=True)
-
-
-def barrier(directory: Path, name: str, me: int, count: int) -> None:
-    """Wait until all ``count`` members arrived at ``name`` (files; the
-    parent's watchdog bounds the wait)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.{me}").touch()
-    while not all((directory / f"{name}.{i}").exists() for i in range(count)):
-        time.sleep(0.05)
+from vllm_epdp.harness.offline_engine import barrier, generate_wave, json_number, progress, start_engine
 
 
 def result_of(output) -> dict:
@@ -48,66 +33,6 @@ def result_of(output) -> dict:
     for position in completion.logprobs or []:
         logprobs.append({str(tok): json_number(lp.logprob) for tok, lp in position.items()})
     return {"token_ids": list(completion.token_ids), "logprobs": logprobs}
-
-
-def json_number(x: float):
-    # JSON has no NaN/inf; keep them visible as strings so the check sees them.
-    return x if math.isfinite(x) else repr(float(x))
-
-
-@dataclasses.dataclass(frozen=True)
-class Place:
-    """Where this process sits among the ranks that run one engine's scenarios."""
-
-    dp_rank: int
-    me: int  # this process's number among the ``members`` that meet at barriers
-    members: int
-    writer: bool  # writes its DP rank's results (with TP > 1 under torchrun, one process per DP rank does)
-
-
-def start_engine(spec: dict):
-    """The engine of ``spec`` (model, dtype, tp, dp, dp_rank, ep, launcher,
-    max_model_len) and this process's Place. Under torchrun vLLM takes the DP
-    rank from the launcher (external_launcher); otherwise from the VLLM_DP_*
-    environment the parent set."""
-    from vllm import LLM
-
-    kwargs = dict(
-        model=spec["model"],
-        dtype=spec["dtype"],
-        tensor_parallel_size=spec["tp"],
-        enable_expert_parallel=spec["ep"],
-        enforce_eager=True,
-        max_model_len=spec["max_model_len"],
-        seed=0,
-    )
-    if spec.get("async_scheduling") is not None:  # else vLLM's default
-        kwargs["async_scheduling"] = spec["async_scheduling"]
-    if spec["launcher"] == "torchrun":
-        kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=spec["dp"])
-        llm = LLM(**kwargs)
-        rank = int(os.environ["RANK"])
-        dp_rank = llm.llm_engine.vllm_config.parallel_config.data_parallel_rank
-        return llm, Place(dp_rank, rank, int(os.environ["WORLD_SIZE"]), rank % spec["tp"] == 0)
-    return LLM(**kwargs), Place(spec["dp_rank"], spec["dp_rank"], spec["dp"], True)
-
-
-def generate_wave(llm, prompts: list, params: list) -> list:
-    """One DP wave of this rank: its prompts' outputs, in order.
-
-    vLLM's offline DP pattern has no coordinator: an engine whose front-end
-    submits nothing never joins the other ranks' step loop, and a rank that
-    submits after the others went idle starts a wave alone; either hangs. So
-    the callers start each wave on every DP rank together (a barrier), and a
-    rank with nothing to do submits a 1-token placeholder (as vLLM's
-    examples/offline_inference/data_parallel.py does), then idles (dummy
-    steps) while its peers work; the placeholder's output is dropped."""
-    from vllm import SamplingParams
-
-    if not prompts:
-        llm.generate(["placeholder"], [SamplingParams(temperature=0.0, max_tokens=1)], use_tqdm=False)
-        return []
-    return llm.generate(prompts, params, use_tqdm=False)
 
 
 def main(spec_path: str) -> int:

@@ -19,9 +19,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vllm_epdp import ports, procs, serving
+from vllm_epdp.harness import ports, procs, serving
+from vllm_epdp.verify.offline import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.plan import Config, Model
-from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
 SHUTDOWN_GRACE_S = 30.0
@@ -42,17 +42,12 @@ def _post(url: str, body: dict, timeout: float) -> dict:
         return json.loads(r.read())
 
 
-def token_id(text: str) -> int:
-    # return_tokens_as_token_ids: tokens come back as "token_id:123".
-    return int(text.rpartition(":")[2])
-
-
 def to_result(choice: dict) -> dict:
     lp = choice["logprobs"]
-    ids = [token_id(t) for t in lp["tokens"]]
+    ids = [serving.token_id(t) for t in lp["tokens"]]
     positions = []
     for tok, chosen_lp, top in zip(ids, lp["token_logprobs"], lp["top_logprobs"] or [{}] * len(ids)):
-        entry = {str(token_id(k)): v for k, v in (top or {}).items()}
+        entry = {str(serving.token_id(k)): v for k, v in (top or {}).items()}
         entry[str(tok)] = chosen_lp
         positions.append(entry)
     return {"token_ids": ids, "logprobs": positions}

@@ -1,0 +1,212 @@
+"""Start and stop the `vllm serve` deployments a test or the fuzzer talks to.
+
+``serve(Deployment(...), workdir)`` is a context manager that starts the
+server processes (each in its own session under procs.ProcGroup: hard
+deadline, every process's stack on a hang, nothing left behind), waits until
+the API answers, yields a ``Server`` (its URL, logs, ledger directory, a
+stack dump on demand) and stops everything on the way out, the way a user
+does (SIGINT, then the group is killed after a grace period).
+
+Topologies (``Deployment.topology``):
+  mp             one host, vLLM's own DP engine processes (the default backend)
+  multinode      two "nodes" as two network namespaces joined by a veth pair:
+                 the head serves DP rank 0, the other runs ``--headless`` from
+                 rank 1 (vllm_epdp.harness.topology_netns)
+  ray            one host, a Ray cluster of ours: Ray places the DP ranks
+                 (``--data-parallel-backend ray``), TP workers are Ray actors
+  ray-executor   vLLM's own DP processes, TP workers as Ray actors
+                 (``--distributed-executor-backend ray``)
+  ray-multinode  ``ray`` on a Ray head and a Ray worker node in two network
+                 namespaces, DP rank 1 placed on the worker node
+                 (the three Ray ones: vllm_epdp.harness.topology_ray; refused with
+                 the reason on a vLLM whose CPU platform names no Ray device)
+The server is started as ``python -m vllm.entrypoints.cli.main serve`` (what
+the ``vllm`` script runs), so it uses this Python and the PYTHONPATH given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from vllm_epdp import model_runners
+from vllm_epdp.errors import EpdpError
+from vllm_epdp.harness import cpu_host, log_forensics, procs
+from vllm_epdp.harness.ports import free_port
+
+TOPOLOGIES = ("mp", "multinode", "ray", "ray-executor", "ray-multinode")
+RAY_TOPOLOGIES = ("ray", "ray-executor", "ray-multinode")
+SHUTDOWN_GRACE_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    model: str
+    dtype: str = "float32"
+    dp: int = 2
+    tp: int = 1
+    ep: bool = True
+    runner: str = "auto"  # vllm_epdp.model_runners: "v1", "v2" or vLLM's own pick
+    topology: str = "mp"
+    max_model_len: int = 512
+    max_logprobs: int = 5
+    # Force a KV cache this small (blocks per rank) so that preemption must
+    # happen under load; None: vLLM sizes it from VLLM_CPU_KVCACHE_SPACE.
+    num_kv_blocks: int | None = None
+    # True/False: --async-scheduling / --no-async-scheduling; None: vLLM's
+    # default (off on CPU, on elsewhere unless a patch or option says otherwise).
+    async_scheduling: bool | None = None
+    extra_args: tuple[str, ...] = ()
+    # Ray topologies: "v2" (RayExecutorV2, vLLM 0.32.0's default) or
+    # "legacy" (RayDistributedExecutor: VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0).
+    ray_executor: str = "v2"
+
+    def describe(self) -> str:
+        parts = [f"DP={self.dp}", f"TP={self.tp}"] + (["EP"] if self.ep else [])
+        ray = f" executor={self.ray_executor}" if self.topology in RAY_TOPOLOGIES else ""
+        asked = "" if self.async_scheduling is None else f" async={'on' if self.async_scheduling else 'off'}"
+        return f"{'+'.join(parts)} {self.topology}{ray} runner={self.runner}{asked}"
+
+    def serve_args(self) -> list[str]:
+        """The `vllm serve` arguments every topology shares."""
+        args = [
+            self.model,
+            "--tensor-parallel-size", str(self.tp),
+            "--enforce-eager",
+            "--dtype", self.dtype,
+            "--max-model-len", str(self.max_model_len),
+            "--max-logprobs", str(self.max_logprobs),
+            "--seed", "0",
+        ]  # fmt: skip
+        if self.ep:
+            args.append("--enable-expert-parallel")
+        if self.num_kv_blocks is not None:
+            args += ["--num-gpu-blocks-override", str(self.num_kv_blocks)]
+        if self.async_scheduling is not None:
+            args.append("--async-scheduling" if self.async_scheduling else "--no-async-scheduling")
+        return args + list(self.extra_args)
+
+    def one_host_argv(self, port: int) -> list[str]:
+        """The whole `vllm serve` command of a one-host deployment on 127.0.0.1:port."""
+        argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *self.serve_args()]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--data-parallel-size", str(self.dp)]
+        return argv + ["--api-server-count", "1"]
+
+
+@dataclasses.dataclass
+class Server:
+    url: str
+    deployment: Deployment
+    groups: list[procs.ProcGroup]
+    logs: list[Path]
+    ledger_dir: Path | None
+
+    def alive(self) -> bool:
+        return all(rc is None for g in self.groups for rc in g.exited().values())
+
+    def stacks(self) -> str:
+        return "\n".join(g.dump_stacks() for g in self.groups)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {p}\n{log_forensics.log_tail(p, lines)}" for p in self.logs)
+
+
+def token_id(text: str) -> int:
+    """A token of a completion asked with ``return_tokens_as_token_ids``: the
+    server writes it as "token_id:123"."""
+    return int(text.rpartition(":")[2])
+
+
+def healthy(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def wait_healthy(server: Server, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not healthy(server.url):
+        if not server.alive():
+            raise EpdpError(f"the server exited during start-up:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise EpdpError(f"the server did not answer /health within {limit_s:.0f} s:\n{server.stacks()}")
+        time.sleep(1.0)
+
+
+def stop(server: Server) -> dict[str, int | None]:
+    """SIGINT to every group's leader, as a user's Ctrl-C; what is still
+    alive after the grace period is killed. Returns the exit codes."""
+    for g in server.groups:
+        for p in g.popens.values():
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    while any(g.members() for g in server.groups) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    codes = {f"{g.label}:{n}": rc for g in server.groups for n, rc in g.exited().items()}
+    for g in server.groups:
+        g.close()
+    return codes
+
+
+@contextlib.contextmanager
+def serve(
+    deployment: Deployment,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    ledger: bool = True,
+    start_limit_s: float = 600.0,
+    deadline_s: float = 6 * 3600.0,
+) -> Iterator[Server]:
+    """Start ``deployment``, wait until it answers, yield it, stop it."""
+    if deployment.topology not in TOPOLOGIES:
+        raise EpdpError(f"unknown topology '{deployment.topology}': use one of {', '.join(TOPOLOGIES)}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = dict(os.environ if env is None else env)
+    ledger_dir = workdir / "ledger" if ledger else None
+    if ledger_dir is not None:
+        # One ledger directory holds one deployment's processes: the ledgers
+        # of an earlier run in the same workdir would read as a second
+        # process per rank ("recorded by two processes").
+        for stale in ledger_dir.glob("*.jsonl"):
+            stale.unlink()
+        base["VLLM_EPDP_LEDGER"] = str(ledger_dir)
+    base = model_runners.runner_env(deployment.runner, base)
+    if deployment.topology == "mp":
+        starter = _start_mp
+    elif deployment.topology in RAY_TOPOLOGIES:
+        from vllm_epdp.harness import topology_ray
+
+        starter = topology_ray.start
+    else:
+        from vllm_epdp.harness import topology_netns
+
+        starter = topology_netns.start
+    with starter(deployment, workdir, base, deadline_s) as (url, groups, logs):
+        server = Server(url, deployment, groups, logs, ledger_dir)
+        try:
+            wait_healthy(server, start_limit_s)
+            yield server
+        finally:
+            stop(server)
+
+
+@contextlib.contextmanager
+def _start_mp(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float):
+    port = free_port()
+    argv = deployment.one_host_argv(port)
+    log = workdir / "server.log"
+    spec = procs.ProcSpec("server", argv, cpu_host.cpu_env(env, deployment.dp * deployment.tp, hub_offline=True), log)
+    group = procs.ProcGroup(f"serve {deployment.describe()}", [spec], deadline_s)
+    with group:
+        yield f"http://127.0.0.1:{port}", [group], [log]
