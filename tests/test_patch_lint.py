@@ -23,6 +23,7 @@ Root cause: r
 Fix: f
 Tested by: tests/test_patch_lint.py
 Upstream: not reported
+Forwarded: no
 Removal plan: none
 ---
 """

@@ -336,7 +336,8 @@ def _print_table(states, protects=lambda patch: None) -> None:
     for s in states:
         covered = protects(s.patch)
         runner = "" if covered is None else f"  [model runner: {'/'.join(covered) or 'none here'}]"
-        print(f"  {s.state:<{width}}  {s.patch.number}  {s.patch.subject}{runner}")
+        upstream = f"  [{s.patch.upstream_short}]" if s.patch.forwarded else ""
+        print(f"  {s.state:<{width}}  {s.patch.number}  {s.patch.subject}{runner}{upstream}")
         for d in s.details:
             print(f"  {'':<{width}}        {d}")
 

@@ -33,6 +33,7 @@ def first_patch(patches: Path) -> Path:
         ("garbage", "no 'Subject:' mail header"),
         ("no-diff", "it contains no diff"),
         ("no-header-fields", "header lacks Root cause, Removal plan"),
+        ("no-forwarded", "Forwarded: missing"),
         ("corrupt-hunk", "corrupt patch"),
         ("outside-vllm", "outside vllm/"),
     ],
@@ -48,6 +49,8 @@ def test_malformed_patch_is_named(site, own_patches, breakage, needle):
         dropped = ("Root cause:", "Removal plan:", "  this")
         text = "\n".join(line for line in text.splitlines() if not line.startswith(dropped))
         path.write_text(text + "\n")
+    elif breakage == "no-forwarded":
+        path.write_text("".join(line for line in text.splitlines(True) if not line.startswith("Forwarded:")))
     elif breakage == "corrupt-hunk":
         path.write_text(text.replace("+VALUE = 2\n", "+VALUE = 2\n+extra line the counts do not allow\n"))
     elif breakage == "outside-vllm":

@@ -87,3 +87,117 @@ def test_tested_by_names_existing_tests(monkeypatch, version):
                 assert f"def {name}(" in (root / path).read_text(), f"{patch.name}: no test {node}"
             if param:
                 assert param == f"{version}]", f"{patch.name}: {node} runs on another release"
+
+
+VLLM = "https://github.com/vllm-project/vllm"
+# A patch that creates one file: enough for parse_patch's diff and git checks.
+NEW_FILE_DIFF = """---
+diff --git a/vllm/x.py b/vllm/x.py
+new file mode 100644
+index 0000000..1337d5e
+--- /dev/null
++++ b/vllm/x.py
+@@ -0,0 +1 @@
++X = 1
+"""
+
+
+def write_patch(tmp_path, upstream: str = "not reported", fields: str = "Forwarded: no\n"):
+    """A one-file patch whose header has the required fields, the Upstream:
+    prose ``upstream`` and the upstream field lines ``fields``."""
+    path = tmp_path / "0001-Add-x.patch"
+    path.write_text(
+        "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+        "From: t <t@t>\nSubject: [PATCH] Add x\n\n"
+        "Symptom: s\nRoot cause: r\nFix: f\nTested by: tests/tool/test_series.py\n"
+        f"Upstream: {upstream}\n{fields}Removal plan: none\n" + NEW_FILE_DIFF
+    )
+    return path
+
+
+def test_upstream_fields_of_the_synthetic_series(patches_env):
+    p1, p2, p3 = series.load_series("0.32.0")
+    assert (p1.forwarded, p1.bugs, p1.applied_upstream, p1.related) == ("no", (), None, ())
+    assert p2.forwarded == f"{VLLM}/pull/103"
+    assert p2.bugs == (f"{VLLM}/issues/101", f"{VLLM}/issues/102")  # Bug: repeats, one URL each
+    assert p2.related == (f"{VLLM}/pull/99",)
+    assert (p3.forwarded, p3.applied_upstream) == ("not-needed", "0.33.0")
+    assert p2.state_json("applied", [])["upstream"] == {
+        "forwarded": f"{VLLM}/pull/103",
+        "bugs": [f"{VLLM}/issues/101", f"{VLLM}/issues/102"],
+        "applied_upstream": None,
+        "related": [f"{VLLM}/pull/99"],
+    }
+    assert [p.upstream_short for p in (p1, p2, p3)] == [
+        "forwarded: no",
+        "forwarded: #103; bug #101, #102",
+        "applied: 0.33.0",
+    ]
+
+
+def test_header_without_forwarded_is_refused(tmp_path):
+    path = write_patch(tmp_path, fields="")
+    with pytest.raises(
+        EpdpError, match=r"malformed patch .*0001-Add-x\.patch: Forwarded: missing; add 'Forwarded: no'"
+    ):
+        series.parse_patch(path)
+
+
+@pytest.mark.parametrize(
+    "upstream, fields, needle",
+    [
+        (
+            "not reported",
+            "Forwarded: yes\n",
+            "Forwarded: 'yes' is not no, not-needed or a vLLM issue or pull request URL",
+        ),
+        ("not reported", "Forwarded: no\nForwarded: no\n", "Forwarded: given 2 times"),
+        ("not reported", "Forwarded:\n", "Forwarded: empty"),
+        ("not reported", f"Forwarded: {VLLM}/commit/abc\n", "Forwarded: '"),
+        ("not reported", "Forwarded: no\nBug: #123\n", "Bug: '#123' is not a vLLM issue or pull request URL"),
+        (
+            "not reported",
+            f"Forwarded: no\nBug: {VLLM}/issues/1, {VLLM}/issues/2\n",
+            "one URL per Bug: line; repeat the field for more",
+        ),
+        (
+            "not reported",
+            "Forwarded: no\nApplied-Upstream: soon\n",
+            "Applied-Upstream: 'soon' is neither a vLLM version",
+        ),
+        (
+            "#57837 (open)",
+            "Forwarded: no\n",
+            "the prose names #57837, which no Forwarded, Bug, Applied-Upstream or Related",
+        ),
+        ("not reported (came with vllm#31525)", "Forwarded: no\n", "the prose names #31525"),
+    ],
+)
+def test_bad_upstream_field_is_named(tmp_path, upstream, fields, needle):
+    with pytest.raises(EpdpError) as err:
+        series.parse_patch(write_patch(tmp_path, upstream, fields))
+    message = str(err.value)
+    assert "0001-Add-x.patch" in message and needle in message and "\n" not in message
+
+
+def test_prose_numbers_carried_by_fields_are_accepted(tmp_path):
+    fields = (
+        f"Forwarded: {VLLM}/pull/3\nBug: {VLLM}/issues/1\nRelated: {VLLM}/pull/2\nApplied-Upstream: {VLLM}/pull/4\n"
+    )
+    patch = series.parse_patch(
+        write_patch(tmp_path, "#1 fixed by vllm#3, see #2; merged as #4 (not intel/llm-scaler#178)", fields)
+    )
+    assert patch.bugs == (f"{VLLM}/issues/1",) and patch.applied_upstream == f"{VLLM}/pull/4"
+
+
+def test_repository_series_agree_on_upstream_fields(monkeypatch):
+    """A patch is one fix in every series that holds it (docs/design.md): its
+    upstream fields must not differ from one series to the next."""
+    monkeypatch.delenv("VLLM_EPDP_PATCHES", raising=False)
+    seen: dict[str, tuple[str, dict]] = {}
+    for version in series.supported_versions():
+        for patch in series.load_series(version):
+            first = seen.setdefault(patch.number, (version, patch.upstream_json()))
+            assert patch.upstream_json() == first[1], (
+                f"{patch.name}: upstream fields differ in {first[0]} and {version}"
+            )

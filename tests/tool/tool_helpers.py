@@ -9,6 +9,9 @@ made: commits in a scratch git repository, exported with `git format-patch`.
   0002  changes vllm/a.py two lines below 0001's second hunk (so it builds on
         0001) and vllm/sub/b.py
   0003  creates vllm/newpkg/ (two new files in a new directory)
+
+Upstream fields: 0001 "Forwarded: no"; 0002 forwarded as a pull request, two
+Bug: lines and a Related: one; 0003 "not-needed" with an Applied-Upstream version.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ BASE_FILES = {
     "vllm/sub/__init__.py": "",
     "vllm/sub/b.py": "def b():\n    return 'b'\n",
 }
+VLLM = "https://github.com/vllm-project/vllm"
+# 0002's upstream fields: proposed in a pull request, fixing two issues.
+UPSTREAM_0002 = f"Bug: {VLLM}/issues/101\nBug: {VLLM}/issues/102\nRelated: {VLLM}/pull/99\n"
 SUBJECTS = {
     "0001": "Change VALUE and line 30",
     "0002": "Change line 32 and b",
@@ -37,18 +43,21 @@ SUBJECTS = {
 }
 
 
-def header(subject: str, **overrides) -> str:
+def header(subject: str, extra: str = "", **overrides) -> str:
+    """A commit message with every header field; ``extra``: more field lines
+    (e.g. repeated ``Bug:`` lines) after them."""
     fields = {
         "Symptom": "a test needs a change.",
         "Root cause": "it is synthetic;\n  this continuation line is part of the root cause.",
         "Fix": "change it.",
         "Tested by": "tests/tool/test_synthetic.py::test_round_trip",
         "Upstream": "not reported",
+        "Forwarded": "no",
         "Removal plan": "never, it is a test fixture.",
     }
     fields.update(overrides)
     body = "\n".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
-    return f"{subject}\n\n{body}\n"
+    return f"{subject}\n\n{body}\n{extra}"
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -96,9 +105,17 @@ def make_series(dest: Path) -> Path:
     a[31] = "line_32 = 'thirty-two'"
     (work / "vllm/a.py").write_text("\n".join(a) + "\n")
     (work / "vllm/sub/b.py").write_text("def b():\n    return 'patched b'\n")
-    commit(work, header(SUBJECTS["0002"]))
+    commit(
+        work,
+        header(
+            SUBJECTS["0002"],
+            Upstream="#101 and #102 (open); proposed in vllm#103",
+            Forwarded=f"{VLLM}/pull/103",
+            extra=UPSTREAM_0002,
+        ),
+    )
     write_files(work, {"vllm/newpkg/__init__.py": "", "vllm/newpkg/c.py": "C = 'new'\n"})
-    commit(work, header(SUBJECTS["0003"]))
+    commit(work, header(SUBJECTS["0003"], Forwarded="not-needed", extra="Applied-Upstream: 0.33.0\n"))
     root = dest / "patches"
     out = root / "v0.32.0"
     git(work, "format-patch", "-q", "--zero-commit", "--no-signature", "-o", str(out), "HEAD~3")

@@ -1,6 +1,8 @@
-"""docs/upstream.md says, for every patch of the series, where upstream stands
-and whether a kit exists: it must list every patch, name no patch that does
-not exist, and say `vllm-epdp upstream NNNN` exactly where a kit exists."""
+"""docs/upstream.md says, for every patch of the series, whether a kit exists
+and points to the header for where upstream stands: it must list every patch,
+name no patch that does not exist, say `vllm-epdp upstream NNNN` exactly where
+a kit exists, and repeat no issue or pull request number on an Upstream line
+(the header's fields are the one place for them)."""
 
 from __future__ import annotations
 
@@ -56,3 +58,12 @@ def test_kit_lines_match_the_kits(repo_root):
                 assert test.path in body, f"{number}: name the kit's test {test.path}"
         else:
             assert command not in body, f"{number} has no kit: its Kit line must not offer one"
+
+
+UPSTREAM_LINE = re.compile(r"^- Upstream:(.*?)(?=^- |\Z)", re.M | re.S)
+
+
+def test_upstream_lines_leave_numbers_to_the_headers(repo_root):
+    for number, body in sections(repo_root).items():
+        (line,) = UPSTREAM_LINE.findall(body)
+        assert not re.search(r"#\d+", line), f"{number}: the Upstream line names {line.strip()!r}; say it in the header"

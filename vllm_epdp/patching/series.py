@@ -5,6 +5,22 @@ Layout: ``<patches root>/v<version>/series`` lists patch files in apply order
 ``git format-patch`` output whose commit message carries the header fields in
 ``HEADER_FIELDS`` at the start of a line; continuation lines are indented.
 
+Upstream state, next to the ``Upstream:`` prose, in fields after Debian's DEP-3
+(one value per line; ``Bug:`` and ``Related:`` may repeat, one URL each, as DEP-3's
+``Bug:`` does; URLs name vLLM's issues or pull requests,
+``https://github.com/vllm-project/vllm/issues/N`` or ``.../pull/N``):
+
+  Forwarded:         required: ``no`` (not proposed yet), ``not-needed`` (never
+                     proposed on its own: it serves our CPU testing or rides in
+                     another patch's kit), or the URL where it was proposed
+  Bug:               optional, repeatable: an upstream issue the patch fixes
+  Applied-Upstream:  optional: the vLLM version or URL that has the fix
+  Related:           optional, repeatable: an upstream thread the prose cites
+                     that the patch neither fixes nor was proposed in
+
+Every ``#N`` (or ``vllm#N``) in the ``Upstream:`` prose must be one of those URLs,
+so a query of the fields sees every thread the header names.
+
 The patches root is, in this order: ``$VLLM_EPDP_PATCHES``; ``vllm_epdp/_patches``
 (a wheel, where hatch force-includes the repository's ``patches/``); the
 repository's ``patches/`` (a source checkout or an editable install).
@@ -29,8 +45,17 @@ HEADER_FIELDS = ("Symptom", "Root cause", "Fix", "Tested by", "Upstream", "Remov
 # naming the runners it covers (status warns when vLLM runs another one).
 OPTIONAL_FIELDS = ("Model runners", "Rebased")
 MODEL_RUNNERS = ("V1", "V2")
+# The upstream state as data (module docstring): Forwarded is required.
+UPSTREAM_FIELDS = ("Forwarded", "Bug", "Applied-Upstream", "Related")
+REPEATABLE_FIELDS = ("Bug", "Related")
+FORWARDED_WORDS = ("no", "not-needed")
 
-_FIELD_RE = re.compile(r"^({}):\s*(.*)$".format("|".join(re.escape(f) for f in HEADER_FIELDS + OPTIONAL_FIELDS)))
+_FIELD_RE = re.compile(
+    r"^({}):\s*(.*)$".format("|".join(re.escape(f) for f in HEADER_FIELDS + OPTIONAL_FIELDS + UPSTREAM_FIELDS))
+)
+_UPSTREAM_URL_RE = re.compile(r"^https://github\.com/vllm-project/vllm/(?:issues|pull)/(\d+)$")
+# "#57837" or "vllm#31525", not "intel/llm-scaler#178" (another project's thread).
+_PROSE_NUMBER_RE = re.compile(r"(?:(?<![\w/.-])vllm|(?<![\w/.-]))#(\d+)\b")
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _NUMBER_RE = re.compile(r"^(\d+)-")
 _NODE_ID_RE = re.compile(r"(?<![\w/])(tests/[\w/.-]+\.py(?:::[\w\[\].-]+)*)")
@@ -62,7 +87,13 @@ class Patch:
     subject: str
     headers: dict[str, str] = field(hash=False, compare=False)
     changes: tuple[FileChange, ...] = ()
-    sha256: str = ""
+    sha256: str = ""  # of the whole file: the revision apply records
+    diff_sha256: str = ""  # of the diff alone (from the first "diff --git"): what a tree can hold of it
+    # The upstream fields (module docstring), checked by parse_patch.
+    forwarded: str = ""  # "no", "not-needed" or the URL where it was proposed
+    bugs: tuple[str, ...] = ()  # upstream issues it fixes (URLs)
+    applied_upstream: str | None = None  # the vLLM version or URL that has it
+    related: tuple[str, ...] = ()  # other upstream threads its prose cites (URLs)
 
     @property
     def number(self) -> str:
@@ -83,7 +114,28 @@ class Patch:
             "state": state,
             "details": details,
             "files": list(self.files),
+            "upstream": self.upstream_json(),
         }
+
+    def upstream_json(self) -> dict:
+        """The upstream fields of the header (the ``Upstream:`` prose stays in the file)."""
+        return {
+            "forwarded": self.forwarded,
+            "bugs": list(self.bugs),
+            "applied_upstream": self.applied_upstream,
+            "related": list(self.related),
+        }
+
+    @property
+    def upstream_short(self) -> str:
+        """The upstream fields in a few words, for status's table:
+        "forwarded: no; bug #57837", "applied: 0.35.0"."""
+        if self.applied_upstream:
+            return f"applied: {_short_ref(self.applied_upstream)}"
+        parts = [f"forwarded: {_short_ref(self.forwarded)}"]
+        if self.bugs:
+            parts.append("bug " + ", ".join(_short_ref(b) for b in self.bugs))
+        return "; ".join(parts)
 
     @property
     def created_files(self) -> tuple[str, ...]:
@@ -233,8 +285,12 @@ def series_hash(version: str) -> str:
     return h.hexdigest()
 
 
-def parse_patch(path: Path) -> Patch:
-    """Parse one ``git format-patch`` file; any defect -> EpdpError naming it."""
+def parse_patch(path: Path, check_header: bool = True) -> Patch:
+    """Parse one ``git format-patch`` file; any defect -> EpdpError naming it.
+
+    ``check_header=False`` reads a patch for its diff alone, header fields as
+    found: the copy apply recorded of what it applied (patching/applied.py) was
+    written by the series of its day, which may lack fields required since."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -244,11 +300,12 @@ def parse_patch(path: Path) -> Patch:
     subject, body = _split_mail(lines, path)
     headers = _parse_header_fields(body)
     missing = [f for f in HEADER_FIELDS if not headers.get(f)]
-    if missing:
+    if missing and check_header:
         raise EpdpError(
             f"malformed patch {path}: header lacks {', '.join(missing)}; every patch "
             f"needs {', '.join(f + ':' for f in HEADER_FIELDS)} lines in its commit message"
         )
+    upstream = _upstream_fields(body, headers, path) if check_header else {}
     changes = _parse_diff(lines, path)
     _git_validate(path)
     return Patch(
@@ -258,6 +315,8 @@ def parse_patch(path: Path) -> Patch:
         headers=headers,
         changes=changes,
         sha256=hashlib.sha256(raw).hexdigest(),
+        diff_sha256=hashlib.sha256(text[text.find("diff --git ") :].encode()).hexdigest(),
+        **upstream,
     )
 
 
@@ -317,18 +376,92 @@ def _split_mail(lines: list[str], path: Path) -> tuple[str, list[str]]:
 
 
 def _parse_header_fields(body: list[str]) -> dict[str, str]:
-    fields: dict[str, str] = {}
+    """Field name -> text, continuation lines joined; a repeated field keeps its
+    last value (the upstream fields that may repeat are read by _field_values)."""
+    return {name: value for name, value in _field_values(body)}
+
+
+def _field_values(body: list[str]) -> list[tuple[str, str]]:
+    """Every header field in order, as (name, text), repeats included."""
+    fields: list[tuple[str, str]] = []
     current = None
     for line in body:
         m = _FIELD_RE.match(line)
         if m:
             current = m.group(1)
-            fields[current] = m.group(2).strip()
+            fields.append((current, m.group(2).strip()))
         elif current and line.startswith("  ") and line.strip():
-            fields[current] = (fields[current] + " " + line.strip()).strip()
+            name, text = fields[-1]
+            fields[-1] = (name, (text + " " + line.strip()).strip())
         else:
             current = None
     return fields
+
+
+def _upstream_fields(body: list[str], headers: dict[str, str], path: Path) -> dict:
+    """The upstream fields checked (module docstring), as Patch keyword arguments."""
+    values: dict[str, list[str]] = {name: [] for name in UPSTREAM_FIELDS}
+    for name, text in _field_values(body):
+        if name in values:
+            values[name].append(text)
+
+    def bad(field_name: str, why: str) -> EpdpError:
+        return EpdpError(f"malformed patch {path}: {field_name}: {why}")
+
+    for name, found in values.items():
+        if len(found) > 1 and name not in REPEATABLE_FIELDS:
+            raise bad(name, f"given {len(found)} times; give it once (only {' and '.join(REPEATABLE_FIELDS)} repeat)")
+        for text in found:
+            if not text:
+                raise bad(name, "empty; give a value or leave the field out")
+    if not values["Forwarded"]:
+        raise bad(
+            "Forwarded",
+            "missing; add 'Forwarded: no', 'Forwarded: not-needed' or 'Forwarded: <URL of the upstream "
+            "pull request or issue where it was proposed>' next to Upstream:",
+        )
+    forwarded = values["Forwarded"][0]
+    if forwarded not in FORWARDED_WORDS and not _UPSTREAM_URL_RE.match(forwarded):
+        raise bad("Forwarded", f"'{forwarded}' is not no, not-needed or {_URL_FORM}")
+    for name in REPEATABLE_FIELDS:
+        for url in values[name]:
+            if not _UPSTREAM_URL_RE.match(url):
+                raise bad(name, f"'{url}' is not {_URL_FORM} (one URL per {name}: line; repeat the field for more)")
+    applied = values["Applied-Upstream"][0] if values["Applied-Upstream"] else None
+    if applied is not None and not _UPSTREAM_URL_RE.match(applied):
+        try:
+            Version(applied)
+        except InvalidVersion:
+            raise bad(
+                "Applied-Upstream", f"'{applied}' is neither a vLLM version (e.g. 0.35.0) nor {_URL_FORM}"
+            ) from None
+    carried = {
+        m.group(1)
+        for url in [forwarded, applied or "", *values["Bug"], *values["Related"]]
+        if (m := _UPSTREAM_URL_RE.match(url))
+    }
+    loose = [n for n in dict.fromkeys(_PROSE_NUMBER_RE.findall(headers.get("Upstream", ""))) if n not in carried]
+    if loose:
+        raise bad(
+            "Upstream",
+            f"the prose names #{', #'.join(loose)}, which no Forwarded, Bug, Applied-Upstream or Related "
+            "field carries; add the URL to the field that says what the thread is to this patch",
+        )
+    return {
+        "forwarded": forwarded,
+        "bugs": tuple(values["Bug"]),
+        "applied_upstream": applied,
+        "related": tuple(values["Related"]),
+    }
+
+
+_URL_FORM = "a vLLM issue or pull request URL (https://github.com/vllm-project/vllm/issues/N or .../pull/N)"
+
+
+def _short_ref(value: str) -> str:
+    """A vLLM issue or pull request URL as "#N"; any other value as it is."""
+    m = _UPSTREAM_URL_RE.match(value)
+    return f"#{m.group(1)}" if m else value
 
 
 def _parse_diff(lines: list[str], path: Path) -> tuple[FileChange, ...]:

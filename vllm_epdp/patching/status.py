@@ -6,7 +6,9 @@ not applied  it applies on top of the earlier patches of the series
 conflicts    neither: the tree was changed locally; the report names the file
              and hunk git could not place
 outdated     it conflicts, but the revision of it that apply recorded
-             (record.py) is applied: the tree holds an older revision of the patch
+             (applied.py) is applied: the tree holds an older revision of the patch
+             (a revision is its diff: a recorded copy whose header alone differs
+             counts as the shipped one)
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ def status(target: VllmTree, patches: list[Patch]) -> list[PatchStatus]:
     result = _stack_status(target, patches)
     if not any(r.state == CONFLICTS for r in result):
         return result
-    revisions = recorded(target.root, patches)
+    # A recorded revision that differs from the shipped one only in its header
+    # (e.g. a Forwarded: URL added once the fix was proposed) put the same
+    # bytes on disk: it is the shipped revision, not an older one.
+    revisions = [q if q.diff_sha256 != p.diff_sha256 else p for p, q in zip(patches, recorded(target.root, patches))]
     if all(q is p for p, q in zip(patches, revisions)):
         return result
     on_disk = _stack_status(target, revisions)
