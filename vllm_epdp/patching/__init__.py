@@ -2,7 +2,7 @@
 
 The names callers use, gathered from the modules that each do one part:
 status.py (the state of every patch), change.py (apply/revert, all or
-nothing, and check), record.py (the revisions apply wrote), journal.py
+nothing, and check), applied.py (the revisions apply wrote), journal.py
 (rollback on failure or signal), lock.py (one writer per tree), git.py
 (`git apply` and scratch copies), files.py (modes, bytecode, writability).
 """

@@ -3,7 +3,7 @@
 Every selected patch is first tried in a scratch copy of the files the series
 touches; only then are files changed, under a journal (journal.py) that puts
 them back on any failure or signal. Apply records the revisions it applied
-(record.py); revert takes off what is recorded, so an older revision that a
+(applied.py); revert takes off what is recorded, so an older revision that a
 later series changed comes off cleanly. On an installed target revert checks
 every file it restores against the wheel's RECORD hashes.
 """
