@@ -20,6 +20,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from vllm_epdp import ledger, procs, runners
 from vllm_epdp.cpu_host import cpu_env
@@ -79,7 +80,7 @@ class OfflineSession(SessionBase):
         self.job = 0
         env = runners.runner_env(self.runner, cpu_env(self.probe_env(d), t.dp * t.tp))
         env.update(HF_HUB_OFFLINE="1", VLLM_EPDP_LEDGER=str(d / "ledger"))
-        spec = {
+        spec: dict[str, Any] = {
             "model": self.model,
             "dtype": "float32",
             "tp": t.tp,
@@ -134,6 +135,7 @@ class OfflineSession(SessionBase):
         return "\n".join(f"--- {p}\nfirst error: {first_error(p) or 'none'}\n{log_tail(p, 40)}" for p in self.logs)
 
     def alive(self) -> bool:
+        assert self.group is not None  # asked only of started ranks
         return all(rc is None for rc in self.group.exited().values()) and not self.group.died(self.watched)
 
     def _stop_ranks(self) -> None:
@@ -195,6 +197,7 @@ class OfflineSession(SessionBase):
         # deaths and hangs of a DP group, often steps before the symptom.
         outcome.problems += [f"ledger: {p}" for p in ledger.compare(d / "ledger")]
         if hung:
+            assert self.group is not None  # hung: the ranks are alive
             outcome.problems.append("stacks of every rank:\n" + self.group.dump_stacks())
         else:
             outcome.problems.append("logs of the ranks:\n" + self._log_tail())
