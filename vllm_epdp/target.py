@@ -220,7 +220,7 @@ def _distribution_owning(package_dir: Path) -> metadata.Distribution | None:
     candidates += [d for d in metadata.distributions() if d not in candidates]
     for dist in candidates:
         try:
-            located = Path(dist.locate_file("vllm/__init__.py")).resolve()
+            located = Path(str(dist.locate_file("vllm/__init__.py"))).resolve()
         except Exception:  # odd metadata providers; not ours to debug
             continue
         if located == init and any(str(f) == "vllm/__init__.py" for f in (dist.files or ())):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import sys
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -85,9 +87,9 @@ def forget_groups() -> None:
     _groups.clear()
 
 
-def _wrap(op: str, group_index: int, original):
+def _wrap(op: str, group_index: int, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         # First, before touching any state: under torch.compile's tracing
         # this must be a plain call (the compiled graph runs without us).
         if torch.compiler.is_compiling():
@@ -102,12 +104,13 @@ def _wrap(op: str, group_index: int, original):
             return original(*args, **kwargs)
         return record.call("torch", op, group, original, args, kwargs)
 
-    wrapper._epdp_ledger = True
-    wrapper._epdp_original = original
+    # Markers on the function object (mypy models no attributes set on functions).
+    wrapper._epdp_ledger = True  # type: ignore[attr-defined]
+    wrapper._epdp_original = original  # type: ignore[attr-defined]
     return wrapper
 
 
-def group_of(pg) -> record.Group:
+def group_of(pg: torch.distributed.ProcessGroup | None) -> record.Group:
     """The ledger's Group for a torch process group (None: the default group)."""
     import torch.distributed as dist
 
@@ -130,7 +133,7 @@ def group_of(pg) -> record.Group:
     return group
 
 
-def _coordinator_group(pg) -> record.Group | None:
+def _coordinator_group(pg: torch.distributed.ProcessGroup | None) -> record.Group | None:
     """The Group of the vLLM GroupCoordinator whose cpu_group or
     device_group is ``pg``; None if vLLM's parallel state is not loaded in
     this process or no coordinator owns ``pg``."""
@@ -148,7 +151,7 @@ def _coordinator_group(pg) -> record.Group | None:
     return None
 
 
-def _torch_group(group) -> record.Group:
+def _torch_group(group: torch.distributed.ProcessGroup | None) -> record.Group:
     import torch.distributed as dist
 
     try:
