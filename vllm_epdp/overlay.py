@@ -28,11 +28,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from vllm_epdp import patching
 from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.series import load_series, series_hash
+from vllm_epdp.series import Patch, load_series, series_hash
 from vllm_epdp.target import Target, detect_installed, wheel_mismatches
 
 STATES = ("pristine", "patched")
@@ -65,7 +66,7 @@ def make_overlay(
     target = target or detect_installed()
     if target.record is None:
         raise EpdpError("overlays are made from a vLLM installed from a wheel (they need its RECORD)")
-    version = version or target.version
+    version = version or target.require_version()
     patches = load_series(version)
     key = _key(target, state, version)
     dest_root = Path(dest_root) if dest_root is not None else overlays_dir()
@@ -137,9 +138,10 @@ def publish(tmp: Path, final: Path, info: dict) -> Path:
     return final
 
 
-def _bring_to_state(overlay: Target, installed: Target, patches, state: str) -> None:
+def _bring_to_state(overlay: Target, installed: Target, patches: list[Patch], state: str) -> None:
     """Whatever state the installed vLLM is in: back to the wheel's bytes, then
     (patched) the whole series on top."""
+    assert installed.record is not None  # make_overlay refuses a vLLM without RECORD
     quiet = lambda line: None  # noqa: E731 - progress lines are for the CLI
     reinstall = f"reinstall it (pip install --force-reinstall --no-deps {installed.distribution}=={installed.version})"
     try:
@@ -157,7 +159,7 @@ def _bring_to_state(overlay: Target, installed: Target, patches, state: str) -> 
         ) from None
 
 
-def overlay_env(state: str, base: dict | None = None, **kwargs) -> dict:
+def overlay_env(state: str, base: dict | None = None, **kwargs: Any) -> dict:
     """A copy of ``base`` (default os.environ) whose PYTHONPATH starts with the
     overlay of ``state``. kwargs go to make_overlay."""
     env = env_with(make_overlay(state=state, **kwargs), base)
@@ -175,6 +177,7 @@ def env_with(path: Path, base: dict | None = None) -> dict:
 
 
 def _key(target: Target, state: str, version: str) -> str:
+    assert target.record is not None  # make_overlay refuses a vLLM without RECORD
     h = hashlib.sha256()
     record = "\n".join(f"{p},{e.sha256},{e.size}" for p, e in sorted(target.record.items()))
     # The pristine overlay is the wheel's bytes (checked file by file), whatever
@@ -190,7 +193,7 @@ def copy_package(src: Path, dst: Path) -> None:
     """Copy a vllm/ package for an overlay: files of 1 MiB and more (the .so
     files) as hard links, the rest as copies with their mtimes."""
 
-    def copy(s, d):
+    def copy(s: str, d: str) -> str:
         if os.path.getsize(s) >= _LINK_MIN_BYTES:
             try:
                 os.link(s, d)
