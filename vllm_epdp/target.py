@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def record_digest(path: Path) -> str:
     return base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
 
 
-def record_mismatches(root: Path, record: dict[str, RecordEntry], paths) -> list[str]:
+def record_mismatches(root: Path, record: dict[str, RecordEntry], paths: Iterable[str]) -> list[str]:
     """Paths (relative to root) that differ from RECORD: wrong hash, missing, or
     present although RECORD does not list them (a file the series created)."""
     bad = []

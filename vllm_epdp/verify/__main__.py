@@ -7,7 +7,7 @@ from vllm_epdp.errors import EpdpError
 from vllm_epdp.verify import add_arguments, run
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vllm-epdp verify", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from pathlib import Path
 from vllm_epdp import ports, procs, serving
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.runner import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
-from vllm_epdp.verify.scenarios import ALL_SCENARIOS
+from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request
 
 SHUTDOWN_GRACE_S = 30.0
 ARRIVAL_GAP_S = 0.4  # between request starts: requests overlap and finish apart
@@ -98,7 +98,7 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
             requests = ALL_SCENARIOS[name].requests()
             left = max(10.0, settings.timeout_s - group.elapsed())
 
-            def send(i_req, left=left):
+            def send(i_req: tuple[int, Request], left: float = left) -> tuple[str, dict]:
                 i, r = i_req
                 time.sleep(i * ARRIVAL_GAP_S)
                 body = {
@@ -145,13 +145,15 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
         # The server's own exit code; a process still alive now (the server or
         # one it started) did not stop on Ctrl-C: a failure, with its stack.
         codes = group.exited()
-        left = group.members()
-        stacks = group.dump_stacks() if left else ""
-    outcome = procs.Outcome(config.key, codes, bool(left), time.monotonic() - started, stacks, logs={"server": log})
+        lingering = group.members()
+        stacks = group.dump_stacks() if lingering else ""
+    outcome = procs.Outcome(
+        config.key, codes, bool(lingering), time.monotonic() - started, stacks, logs={"server": log}
+    )
     error = ""
-    if left:
+    if lingering:
         error = (
-            f"{config.key}: {len(left)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
+            f"{config.key}: {len(lingering)} process(es) still running {SHUTDOWN_GRACE_S:.0f} s after "
             f"SIGINT (killed)\n" + outcome.describe(log_lines=0)
         )
     elif codes["server"] != 0:
@@ -162,7 +164,15 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
     return RunResult(config, scenarios, outputs, outcome, time.monotonic() - started, engine_up, workdir, error)
 
 
-def _hung(group, config, scenarios, outputs, started, workdir, why) -> RunResult:
+def _hung(
+    group: procs.ProcGroup,
+    config: Config,
+    scenarios: list[str],
+    outputs: dict[str, dict[str, dict]],
+    started: float,
+    workdir: Path,
+    why: str,
+) -> RunResult:
     stacks = group.dump_stacks()
     codes = group.exited()
     group.close()
