@@ -9,9 +9,19 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from vllm_epdp import __version__
 from vllm_epdp.errors import EpdpError
+
+if TYPE_CHECKING:
+    from vllm_epdp.patching import PatchStatus
+    from vllm_epdp.runners import Choice
+    from vllm_epdp.series import Patch
+    from vllm_epdp.target import Target
 
 EXIT_CODES = """\
 exit codes:
@@ -203,7 +213,7 @@ def _first_positional(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def _verify_module():
+def _verify_module() -> ModuleType:
     try:
         import vllm_epdp.verify as verify
     except ModuleNotFoundError as e:
@@ -300,7 +310,7 @@ def cmd_status(args) -> int:
     return 1 if any(s.state in _BLOCKED for s in states) else 0
 
 
-def _protects(patch, package_dir) -> list[str] | None:
+def _protects(patch: Patch, package_dir: Path | None) -> list[str] | None:
     """The model runners a runner-level patch protects in this vLLM (those of
     its header that the vLLM has), None for a patch both runners share."""
     from vllm_epdp import model_runners
@@ -309,7 +319,7 @@ def _protects(patch, package_dir) -> list[str] | None:
     return None if covered is None else list(covered)
 
 
-def _runner_check(target, patches):
+def _runner_check(target: Target, patches: list[Patch]) -> tuple[Choice | None, list[str]]:
     """(the runner the installed vLLM picks or None, warnings for runner-level
     patches that do not cover it). Asks vLLM itself, so only for the vLLM this
     Python imports; a checkout or an unimportable vLLM gets no answer."""
@@ -328,7 +338,9 @@ def _runner_check(target, patches):
 _BLOCKED = ("conflicts", "outdated")
 
 
-def _print_table(states, protects=lambda patch: None) -> None:
+def _print_table(
+    states: Sequence[PatchStatus], protects: Callable[[Patch], list[str] | None] = lambda patch: None
+) -> None:
     if not states:
         print("(the series has no patches)")
         return
@@ -342,7 +354,7 @@ def _print_table(states, protects=lambda patch: None) -> None:
             print(f"  {'':<{width}}        {d}")
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from vllm_epdp import patching
 
     if args.release:
@@ -367,7 +379,7 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
-def _check_release(args) -> int:
+def _check_release(args: argparse.Namespace) -> int:
     """check --release X: the series on release X's own files (see release_check)."""
     from vllm_epdp.patching import release_check, releases
     from vllm_epdp.patching.series import has_series, load_series, nearest_series, public_version, select
@@ -418,7 +430,7 @@ def _check_release(args) -> int:
     return 0 if ok else 1
 
 
-def cmd_apply(args) -> int:
+def cmd_apply(args: argparse.Namespace) -> int:
     from vllm_epdp import patching
 
     target, _, patches = _target_and_series(args)
@@ -427,7 +439,7 @@ def cmd_apply(args) -> int:
     return 0
 
 
-def cmd_revert(args) -> int:
+def cmd_revert(args: argparse.Namespace) -> int:
     from vllm_epdp import patching
 
     target, _, patches = _target_and_series(args)

@@ -12,7 +12,7 @@ class EpdpError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, exit_code: int | None = None):
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
         # Keep it one line whatever the caller passed (e.g. git's stderr).
         super().__init__(" ".join(message.split("\n")).strip())
         if exit_code is not None:

@@ -31,12 +31,17 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_epdp.errors import EpdpError
+
+if TYPE_CHECKING:
+    from vllm_epdp.series import Patch
 
 RUNNERS = ("v1", "v2")
 STAND_IN = Path(__file__).resolve().parent / "harness" / "triton_stand_in"
@@ -135,7 +140,7 @@ def runner_of(runner_class: type) -> str | None:
     return None
 
 
-def runner_in_logs(logs) -> str | None:
+def runner_in_logs(logs: Iterable[Path]) -> str | None:
     """The model runner that vLLM's logs (paths) show: "V2" once a worker
     logged building one, or once an engine of a vLLM without V1 (0.34.0 on,
     by the version the engine logs) started; "V1" if an engine of an older
@@ -201,7 +206,7 @@ def predict(env: dict[str, str] | None = None, python: str = sys.executable) -> 
     return Choice("V1", "no usable Triton (vLLM falls back to V1)")
 
 
-def uncovered(patches, choice: Choice) -> list[str]:
+def uncovered(patches: Iterable[Patch], choice: Choice) -> list[str]:
     """One line per runner-level patch (``Model runners:`` header) that does
     not cover the runner vLLM picks: its fix would not take effect."""
     return [
@@ -212,7 +217,7 @@ def uncovered(patches, choice: Choice) -> list[str]:
     ]
 
 
-def protected(patch, package_dir: Path | None) -> tuple[str, ...] | None:
+def protected(patch: Patch, package_dir: Path | None) -> tuple[str, ...] | None:
     """The model runners a runner-level patch protects in the vLLM at
     ``package_dir``: those its header names that this vLLM has (a header
     naming V1 protects nothing of V1 on a vLLM without it). None for a patch
@@ -223,7 +228,7 @@ def protected(patch, package_dir: Path | None) -> tuple[str, ...] | None:
     return tuple(r for r in patch.model_runners if r in have)
 
 
-def absent_runners(patches, package_dir: Path | None) -> list[str]:
+def absent_runners(patches: Iterable[Patch], package_dir: Path | None) -> list[str]:
     """One line per runner-level patch whose header names a model runner this
     vLLM does not have (a 0.33.0 patch forced onto 0.34.0, say): what it
     changes for that runner protects nothing here."""

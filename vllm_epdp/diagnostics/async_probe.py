@@ -25,12 +25,20 @@ import functools
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 WRITE_EVERY = 256
 _lock = threading.Lock()
 _dir: Path | None = None
-_counts = {"sync_steps": 0, "queued_steps": 0, "overlapped": 0, "batch_queue_size": None, "dp_rank": None}
+_counts: dict[str, Any] = {
+    "sync_steps": 0,
+    "queued_steps": 0,
+    "overlapped": 0,
+    "batch_queue_size": None,
+    "dp_rank": None,
+}
 
 
 def install(outdir: str | os.PathLike) -> None:
@@ -48,23 +56,23 @@ def install(outdir: str | os.PathLike) -> None:
         atexit.register(_write)
 
 
-def _has_tokens(entry) -> bool:
+def _has_tokens(entry: tuple[Any, Any, Any]) -> bool:
     # A batch queue entry is (future, scheduler_output, exec_future).
     return entry[1].total_num_scheduled_tokens > 0
 
 
-def _wrap_step(original):
+def _wrap_step(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(original)
-    def step(self):
+    def step(self: Any) -> Any:
         _count(self, "sync_steps", overlapped=False)
         return original(self)
 
     return step
 
 
-def _wrap_queued_step(original):
+def _wrap_queued_step(original: Callable[[Any], tuple[Any, bool]]) -> Callable[[Any], tuple[Any, bool]]:
     @functools.wraps(original)
-    def step_with_batch_queue(self):
+    def step_with_batch_queue(self: Any) -> tuple[Any, bool]:
         # A batch with tokens already in flight when this call schedules
         # another one with tokens: the two overlap.
         in_flight = any(_has_tokens(entry) for entry in self.batch_queue)
@@ -75,7 +83,7 @@ def _wrap_queued_step(original):
     return step_with_batch_queue
 
 
-def _count(engine, kind: str, overlapped: bool) -> None:
+def _count(engine: Any, kind: str, overlapped: bool) -> None:
     with _lock:
         first = _counts["sync_steps"] + _counts["queued_steps"] == 0
         _counts[kind] += 1

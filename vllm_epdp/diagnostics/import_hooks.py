@@ -15,7 +15,8 @@ import importlib.abc
 import importlib.machinery
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
 _lock = threading.Lock()
 _waiting: dict[str, list[Callable]] = {}
@@ -42,7 +43,9 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
     path finder for the spec and wraps the loader so that the waiting
     patches run after the module's code."""
 
-    def find_spec(self, fullname, path, target=None):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in _waiting:
             return None
         with _lock:
@@ -54,10 +57,12 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_then_patch(module):
+        def exec_then_patch(module: ModuleType) -> None:
             exec_module(module)
             for patch in patches:
                 patch(module)
 
-        spec.loader.exec_module = exec_then_patch
+        # Replacing the bound method on this one loader object is the point:
+        # the module's own code runs first, then the waiting patches.
+        spec.loader.exec_module = exec_then_patch  # type: ignore[method-assign]
         return spec

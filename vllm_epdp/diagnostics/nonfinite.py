@@ -33,12 +33,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_ROWS_LOG = 5000
 FLUSH_EVERY_S = 2.0
 
 
-def nonfinite_rows(t, real: int) -> tuple[int, int]:
+def nonfinite_rows(t: torch.Tensor, real: int) -> tuple[int, int]:
     """(non-finite rows among the first ``real`` rows, among the rest)."""
     import torch
 
@@ -49,7 +53,7 @@ def nonfinite_rows(t, real: int) -> tuple[int, int]:
     return int(bad[:real].sum()), int(bad[real:].sum())
 
 
-def nonzero_rows(t, real: int) -> int:
+def nonzero_rows(t: torch.Tensor, real: int) -> int:
     """Rows past the first ``real`` that hold anything but zeros (NaN too)."""
     if t.dim() == 0 or t.shape[0] <= real or not t.is_floating_point():
         return 0
@@ -67,7 +71,7 @@ class NonFiniteCounter:
     def __init__(self, outdir: Path) -> None:
         self.path = outdir / f"nan_watch-{os.getpid()}.json"
         self.lock = threading.Lock()
-        self.data = {
+        self.data: dict[str, Any] = {
             "info": {"pid": os.getpid()},
             "steps": 0,
             "dummy_steps": 0,
@@ -99,7 +103,7 @@ class NonFiniteCounter:
                 d["rows"].append([rows, real])
         self._maybe_flush()
 
-    def module_output(self, name: str, output, real: int) -> None:
+    def module_output(self, name: str, output: object, real: int) -> None:
         """Module ``name`` produced ``output`` (a tensor, or a tuple or list
         holding tensors) in a forward whose first ``real`` rows are real. Of
         several tensors, each count (non-finite real rows, non-finite padding
@@ -167,7 +171,7 @@ class NonFiniteCounter:
 
 def summarize(outdir: str | os.PathLike) -> dict:
     """Merge every process's file of ``outdir`` into one report."""
-    total = {
+    total: dict[str, Any] = {
         "processes": 0,
         "steps": 0,
         "dummy_steps": 0,

@@ -22,10 +22,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.fuzz.verdict import Counts
+
+if TYPE_CHECKING:
+    from vllm_epdp.fuzz.strategies import Limits
+    from vllm_epdp.fuzz.targets import Target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +83,9 @@ class Report(Counts):
     def ok(self) -> bool:
         return not self.failures
 
-    def add(self, outcome: Counts, digest: str) -> None:
+    # A Report adds one schedule's outcome with that schedule's digest; it is
+    # never added up through a plain Counts, so the wider signature is safe.
+    def add(self, outcome: Counts, digest: str) -> None:  # type: ignore[override]
         self.schedules += 1
         if digest not in self._seen:
             self._seen.add(digest)
@@ -99,7 +107,7 @@ V2_CPU_MAX_N = 1
 V2_CPU_MAX_LONG_TOKENS = 96
 
 
-def _model_limits(model_dir: Path, runner: str, chosen):
+def _model_limits(model_dir: Path, runner: str, chosen: Target) -> Limits:
     from vllm_epdp.fuzz.strategies import Limits
     from vllm_epdp.fuzz.targets import CPU_BLOCK_TOKENS, MAX_MODEL_LEN
 
@@ -124,7 +132,7 @@ def fuzz(
     workdir: Path,
     env: dict[str, str] | None = None,
     replay: Path | None = None,
-    say=_say,
+    say: Callable[[str], None] = _say,
     async_scheduling: bool = True,
 ) -> Report:
     """Run the schedules; return what happened (failures shrunk and saved)."""
@@ -151,7 +159,7 @@ def fuzz(
     limits = _model_limits(Path(model), runner, chosen)
     report = Report(target_name, runner, seed, async_scheduling)
     env = dict(os.environ if env is None else env)
-    failing: list[tuple[Schedule, list[str]]] = []
+    failing: list[tuple[Schedule | None, list[str]]] = []
     if replay is not None and any(r.n > limits.max_n for r in Schedule.load(replay).requests):
         raise EpdpError(
             f"{replay} asks n > {limits.max_n}, which {runner} cannot run on CPU: replay it with --runner v1"
@@ -198,7 +206,7 @@ def fuzz(
 
     if failing:
         schedule, problems = failing[-1]
-        entry = {"problems": problems}
+        entry: dict[str, str | list[str]] = {"problems": problems}
         if schedule is not None:
             path = workdir / f"failure-{target_name}-{runner}-seed{seed}.json"
             schedule.save(path)
@@ -215,7 +223,7 @@ def fuzz(
     return report
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """The CLI entry (vllm_epdp/cli.py)."""
     import tempfile
 

@@ -86,7 +86,7 @@ def send(url: str, model: str, req: Request, timeout_s: float, top: int = 1) -> 
                     break
                 for choice in json.loads(data).get("choices", []):
                     _add(answer, choice)
-                if req.aborts and sum(len(c) for c in answer.choices) >= max(1, req.abort_after):
+                if req.abort_after is not None and sum(len(c) for c in answer.choices) >= max(1, req.abort_after):
                     answer.status = "aborted"  # leaving the with-block closes the connection
                     return answer
             return answer

@@ -20,6 +20,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from vllm_epdp import model_runners
 from vllm_epdp.diagnostics import ledger
@@ -136,6 +137,7 @@ class OfflineSession(SessionBase):
         return "\n".join(f"--- {p}\nfirst error: {first_error(p) or 'none'}\n{log_tail(p, 40)}" for p in self.logs)
 
     def alive(self) -> bool:
+        assert self.group is not None  # asked only of started ranks
         return all(rc is None for rc in self.group.exited().values()) and not self.group.died(self.watched)
 
     def _stop_ranks(self) -> None:
@@ -197,6 +199,7 @@ class OfflineSession(SessionBase):
         # deaths and hangs of a DP group, often steps before the symptom.
         outcome.problems += [f"ledger: {p}" for p in ledger.compare(d / "ledger")]
         if hung:
+            assert self.group is not None  # hung: the ranks are alive
             outcome.problems.append("stacks of every rank:\n" + self.group.dump_stacks())
         else:
             outcome.problems.append("logs of the ranks:\n" + self._log_tail())

@@ -22,13 +22,14 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from vllm_epdp.harness.offline_engine import barrier, generate_wave, json_number, progress, start_engine
 
 POLL_S = 0.05
 
 
-def sampling(request: dict):
+def sampling(request: dict) -> Any:  # vllm.SamplingParams
     from vllm import SamplingParams
 
     common = dict(max_tokens=request["max_tokens"], n=request["n"], logprobs=1, ignore_eos=True)
@@ -39,7 +40,7 @@ def sampling(request: dict):
     return SamplingParams(temperature=0.0, **common)
 
 
-def answer_of(output) -> dict:
+def answer_of(output: Any) -> dict:  # output: vllm.RequestOutput
     """Token ids and the chosen tokens' logprobs per choice (non-finite ones as
     strings: JSON has no NaN)."""
     choices, logprobs = [], []
@@ -61,7 +62,7 @@ def next_job(inbox: Path, k: int) -> list | None:
     return json.loads(job.read_text())["waves"]
 
 
-def run_job(llm, place, waves: list, barriers: Path, k: int) -> dict[str, dict]:
+def run_job(llm: Any, place: Place, waves: list, barriers: Path, k: int) -> dict[str, dict]:
     from vllm.inputs import TokensPrompt
 
     answers = {}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_epdp import model_runners
 from vllm_epdp.diagnostics import async_probe, ledger
@@ -16,6 +18,9 @@ from vllm_epdp.fuzz.targets import Target
 from vllm_epdp.fuzz.verdict import Verdict, judge
 from vllm_epdp.harness import serving
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 REQUEST_TIMEOUT_S = 120.0
 
 
@@ -24,23 +29,35 @@ class Reference:
     the first question (a target that fails at once needs none), and the
     greedy answers it gave, asked once per prompt and max_tokens."""
 
-    def __init__(self, target: Target, model: str, runner: str, workdir: Path, env: dict[str, str], stack, say):
+    def __init__(
+        self,
+        target: Target,
+        model: str,
+        runner: str,
+        workdir: Path,
+        env: dict[str, str],
+        stack: contextlib.ExitStack,
+        say: Callable[[str], None],
+    ) -> None:
         self.deployment = target.reference(model, runner)
         self.model, self.workdir, self.env, self.stack, self.say = model, workdir, env, stack, say
         self.server: serving.Server | None = None
         self.answers: dict[tuple, list[int]] = {}
         self.tops: dict[tuple, list[dict[int, float]]] = {}  # per position, the two most likely tokens
 
-    def answers_for(self, requests) -> dict[tuple, list[int]]:
+    def answers_for(self, requests: Iterable[Request]) -> dict[tuple, list[int]]:
         todo = {r.key(): r for r in requests if r.key() not in self.answers}
         if todo and self.server is None:
             self.say(f"[fuzz] starting the DP=1 reference ({self.deployment.runner})")
             served = serving.serve(self.deployment, self.workdir / "reference", self.env, ledger=False)
             self.server = self.stack.enter_context(served)
 
-        def ask(req):
+        server = self.server
+
+        def ask(req: Request) -> tuple[tuple, client.Answer]:
+            assert server is not None  # started above whenever there is a request to ask
             plain = Request(0.0, req.prompt, req.max_tokens)  # n=1, not streamed, never aborted
-            return req.key(), client.send(self.server.url, self.model, plain, REQUEST_TIMEOUT_S, top=2)
+            return req.key(), client.send(server.url, self.model, plain, REQUEST_TIMEOUT_S, top=2)
 
         with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(todo)))) as pool:
             for key, answer in pool.map(ask, todo.values()):
@@ -70,9 +87,9 @@ class SessionBase:
         runner: str,
         workdir: Path,
         env: dict[str, str],
-        say=print,
+        say: Callable[[str], None] = print,
         async_scheduling: bool = True,
-    ):
+    ) -> None:
         self.target, self.model, self.runner = target, model, runner
         self.workdir, self.env, self.say = workdir, env, say
         self.async_scheduling = async_scheduling
@@ -82,7 +99,7 @@ class SessionBase:
         self.logs: list[Path] = []  # the target's logs, for runner_seen()
         self.probe_dirs: list[Path] = []  # the async probe's directory of every target start
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         try:
             self._start_target()
         except BaseException:
@@ -90,7 +107,7 @@ class SessionBase:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stack.close()
 
     def runner_seen(self) -> str | None:
@@ -149,6 +166,7 @@ class Session(SessionBase):
                 self.retire_target()
             self.restarts += 1
             self._start_target()
+        assert self.server is not None  # _start_target set it
         before = client.preemptions(self.server.url)
         answers = client.run(self.server.url, self.model, schedule, REQUEST_TIMEOUT_S)
         hung = any(a.status == "timeout" for a in answers)

@@ -51,7 +51,7 @@ class Limits:
         return self.offline_dp or self.pin_dp
 
 
-def rank_of(draw, limits: Limits) -> int | None:
+def rank_of(draw: st.DrawFn, limits: Limits) -> int | None:
     """The DP rank a request goes to: always one offline, pinned or left to
     vLLM's router when serving, none where the target has no DP ranks to pick."""
     if limits.offline_dp:
@@ -62,7 +62,7 @@ def rank_of(draw, limits: Limits) -> int | None:
 
 
 @st.composite
-def requests_of_burst(draw, limits: Limits, start_s: float) -> list[Request]:
+def requests_of_burst(draw: st.DrawFn, limits: Limits, start_s: float) -> list[Request]:
     count = draw(st.integers(1, max(1, limits.max_requests // 2)))
     out = []
     for _ in range(count):
@@ -87,14 +87,16 @@ def requests_of_burst(draw, limits: Limits, start_s: float) -> list[Request]:
 
 
 @st.composite
-def idle_phase(draw, limits: Limits, start_s: float) -> list[Request]:
+def idle_phase(draw: st.DrawFn, limits: Limits, start_s: float) -> list[Request]:
     """One DP rank decodes a long answer while its peer idles (dummy batches),
     then one to three requests wake the idle rank mid-decode: the shape of
     the one-hour report's traffic (a rank idle for many steps under async
     scheduling). Offline, a wake that comes within the wave gap joins the
     busy rank's wave, a later one starts the next wave."""
-    busy = draw(st.integers(0, limits.dp - 1))
-    idle = (busy + draw(st.integers(1, limits.dp - 1))) % limits.dp
+    dp = limits.dp
+    assert dp is not None  # schedules() draws an idle phase only for a target with DP ranks
+    busy = draw(st.integers(0, dp - 1))
+    idle = (busy + draw(st.integers(1, dp - 1))) % dp
     prompt_len = draw(st.integers(1, min(32, limits.max_model_len // 2)))
     most = min(limits.max_long_tokens, limits.max_model_len - prompt_len)
     long_tokens = draw(st.integers(min(64, most), most))
@@ -110,12 +112,13 @@ def idle_phase(draw, limits: Limits, start_s: float) -> list[Request]:
 
 
 @st.composite
-def pressure_burst(draw, limits: Limits) -> list[Request]:
+def pressure_burst(draw: st.DrawFn, limits: Limits) -> list[Request]:
     """Six or more prompts of just under two KV blocks at once, each asking
     enough tokens that its decode needs a third block: on a 6-block cache per
     DP rank three get in, and their growth must preempt (a drawn schedule of
     short prompts never fills the cache)."""
     block = limits.kv_block_tokens
+    assert block is not None  # schedules() draws a pressure burst only for a small-KV target
     out = []
     for _ in range(draw(st.integers(6, max(6, limits.max_requests)))):
         length = draw(st.integers(2 * block - 36, 2 * block - 6))
@@ -132,7 +135,7 @@ def pressure_burst(draw, limits: Limits) -> list[Request]:
 
 
 @st.composite
-def schedules(draw, limits: Limits) -> Schedule:
+def schedules(draw: st.DrawFn, limits: Limits) -> Schedule:
     at = 0.0
     pressure: list[Request] = []
     if limits.kv_block_tokens:

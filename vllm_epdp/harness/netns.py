@@ -52,8 +52,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from vllm_epdp.errors import EpdpError
 
@@ -163,10 +164,10 @@ def host_links() -> list[str]:
 
 
 # ------------------------------------------------------------- addresses
-def _used_networks() -> list[ipaddress.IPv4Network]:
+def _used_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Every IPv4 address (as its network) and route of the host and of every
     named namespace, ours or anyone's."""
-    used: list[ipaddress.IPv4Network] = []
+    used: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     scopes: list[tuple[str, ...]] = [()] + [("-n", ns) for ns in namespaces()]
     for scope in scopes:
         for link in _ip_json(*scope, "-4", "addr", "show"):
@@ -179,14 +180,16 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     return used
 
 
-def free_subnet(start: int = 0, used: list[ipaddress.IPv4Network] | None = None) -> ipaddress.IPv4Network:
+def free_subnet(
+    start: int = 0, used: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
+) -> ipaddress.IPv4Network:
     """The first 10.213.K.0/29 (from K = start, wrapping) that overlaps
     nothing in ``used`` (default: every network in use on this machine now);
     called under the allocation lock."""
     if used is None:
         used = _used_networks()
     for i in range(256):
-        candidate = ipaddress.ip_network(f"{SUPERNET}.{(start + i) % 256}.0/29")
+        candidate = ipaddress.IPv4Network(f"{SUPERNET}.{(start + i) % 256}.0/29")
         if not any(candidate.overlaps(u) for u in used):
             return candidate
     raise EpdpError(f"no free /29 left in {SUPERNET}.0.0/16: remove unused namespaces (ip netns list)")
@@ -286,7 +289,7 @@ def _teardown_all() -> None:
             teardown(net)
 
 
-def _exit_on_signal(signum, _frame) -> None:
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     # SystemExit unwinds every `with network()` (their finally blocks run);
     # atexit then catches whatever was not inside one.
     raise SystemExit(128 + signum)

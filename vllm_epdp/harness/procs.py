@@ -27,7 +27,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from vllm_epdp.harness.log_forensics import first_error, log_tail
 
@@ -238,7 +240,7 @@ class ProcGroup:
     def __enter__(self) -> ProcGroup:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
@@ -275,7 +277,7 @@ class ProcGroup:
         return {name: p.poll() for name, p in self.popens.items()}
 
     # -- waiting
-    def wait(self, poll_s: float = 0.5, on_tick=None) -> Outcome:
+    def wait(self, poll_s: float = 0.5, on_tick: Callable[[ProcGroup], object] | None = None) -> Outcome:
         """Block until every process exited, or one failed and the others did
         not follow within ``grace_s``, or the deadline passed. On a deadline
         or a stuck peer, dump all stacks, then kill everything."""
@@ -358,7 +360,7 @@ class ProcGroup:
                     os.waitpid(pid, os.WNOHANG)
 
 
-def run_group(label: str, specs: list[ProcSpec], timeout_s: float, **kw) -> Outcome:
+def run_group(label: str, specs: list[ProcSpec], timeout_s: float, **kw: float) -> Outcome:  # kw: grace_s
     with ProcGroup(label, specs, timeout_s, **kw) as group:
         return group.wait()
 
@@ -381,7 +383,7 @@ def _install_cleanup() -> None:
                 signal.signal(sig, _exit_on_signal)
 
 
-def _exit_on_signal(signum, _frame) -> None:
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     close_all()
     raise SystemExit(128 + signum)
 

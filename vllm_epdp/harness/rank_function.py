@@ -35,6 +35,7 @@ def main(argv: list[str]) -> None:
     # imports its neighbours.
     sys.path.insert(0, str(Path(path).resolve().parent))
     spec = importlib.util.spec_from_file_location("_rank_target", path)
+    assert spec is not None and spec.loader is not None  # a FILE.py always has a source loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     fn = getattr(module, name)

@@ -231,7 +231,7 @@ def serve(
 
 
 @contextlib.contextmanager
-def _start_mp(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float):
+def _start_mp(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
     port = free_port()
     argv = deployment.one_host_argv(port)
     log = workdir / "server.log"

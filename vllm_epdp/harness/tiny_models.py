@@ -35,7 +35,10 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # Bump when the build recipe changes in a way the config/key would not show
 # (tokenizer training text, init scheme, file layout).
@@ -357,7 +360,7 @@ def _tokenizer_json() -> str:
     return tok.to_str()
 
 
-def _train_tokenizer():
+def _train_tokenizer() -> Any:  # transformers.PreTrainedTokenizerFast
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -372,7 +375,7 @@ def _train_tokenizer():
     )
 
 
-def _init_weights(model, seed: int) -> None:
+def _init_weights(model: torch.nn.Module, seed: int) -> None:
     """Deterministic init with a spread wide enough for varied greedy output.
 
     Matrices get N(0, _INIT_STD); norm weights stay 1, biases 0. Parameters

@@ -58,7 +58,7 @@ def node_cores() -> list[str]:
     return cpu_host.cpu_bind(NODES).split("|")
 
 
-def node_argv(deployment, net: netns.Network, rank: int) -> list[str]:
+def node_argv(deployment: serving.Deployment, net: netns.Network, rank: int) -> list[str]:
     """`vllm serve` for the node that holds DP rank ``rank``."""
     argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *deployment.serve_args()]
     argv += ["--data-parallel-size", str(deployment.dp), "--data-parallel-size-local", "1"]
@@ -74,7 +74,7 @@ def node_argv(deployment, net: netns.Network, rank: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def start(deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
+def start(deployment: serving.Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
     """Start both nodes; yield (url, [group A, group B], [log A, log B]).
     The network and every process in it are gone when this returns;
     workdir/network.json says what it was."""

@@ -72,13 +72,13 @@ def check_supported(env: dict[str, str]) -> None:
         raise EpdpError(RAY_ON_CPU)
 
 
-def executor_env(deployment, env: dict[str, str]) -> dict[str, str]:
+def executor_env(deployment: serving.Deployment, env: dict[str, str]) -> dict[str, str]:
     if deployment.ray_executor not in EXECUTORS:
         raise EpdpError(f"unknown Ray executor '{deployment.ray_executor}': use one of {', '.join(EXECUTORS)}")
     return dict(env, VLLM_USE_RAY_V2_EXECUTOR_BACKEND="1" if deployment.ray_executor == "v2" else "0")
 
 
-def backend_args(deployment) -> list[str]:
+def backend_args(deployment: serving.Deployment) -> list[str]:
     """What a Ray topology adds to `vllm serve`."""
     if deployment.topology == "ray-executor":
         return ["--distributed-executor-backend", "ray"]
@@ -86,7 +86,7 @@ def backend_args(deployment) -> list[str]:
 
 
 @contextlib.contextmanager
-def start(deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
+def start(deployment: serving.Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
     """Start the cluster and the server; yield (url, groups, logs) as every
     topology does (the cluster's node groups after the server's, so that a
     dead Ray node shows as a dead server). Everything is gone on return."""

@@ -82,7 +82,7 @@ def all_files(patches: Iterable[Patch]) -> list[str]:
 class Scratch:
     """A temporary copy of some files of a tree, to try patches on freely."""
 
-    def __init__(self, root: Path, paths: Iterable[str]):
+    def __init__(self, root: Path, paths: Iterable[str]) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="vllm-epdp-scratch-")
         self.root = Path(self._tmp.name)
         for rel in sorted(set(paths)):
@@ -95,7 +95,7 @@ class Scratch:
     def __enter__(self) -> Scratch:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._tmp.cleanup()
 
     def apply(self, patch: Patch, reverse: bool = False) -> GitResult:

@@ -16,6 +16,8 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.patching.files import drop_bytecode
@@ -59,7 +61,7 @@ class Journal:
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, root: Path, paths: list[str], operation: str, log: Log):
+    def __init__(self, root: Path, paths: list[str], operation: str, log: Log) -> None:
         self.root, self.paths, self.operation, self.log = Path(root), paths, operation, log
         self.dir = self.root / JOURNAL
         self._saved_handlers: dict = {}
@@ -71,7 +73,7 @@ class Journal:
         files, created_dirs = [], []
         for i, rel in enumerate(self.paths):
             full = self.root / rel
-            entry = {"path": rel, "existed": full.exists()}
+            entry: dict[str, Any] = {"path": rel, "existed": full.exists()}
             if full.exists():
                 entry["backup"] = f"files/{i}"
                 shutil.copy2(full, new / entry["backup"])
@@ -81,7 +83,7 @@ class Journal:
                     created_dirs.append(str(parent.relative_to(self.root)))
                     parent = parent.parent
             files.append(entry)
-        info = {
+        info: dict[str, Any] = {
             "format": 1,
             "pid": os.getpid(),
             "operation": self.operation,
@@ -94,7 +96,9 @@ class Journal:
         self._install_handlers()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         try:
             if exc_type is None:
                 self._discard()
@@ -123,7 +127,7 @@ class Journal:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _install_handlers(self) -> None:
-        def handler(signum, frame):
+        def handler(signum: int, frame: FrameType | None) -> None:
             raise _Interrupted(signum)
 
         for sig in self._SIGNALS:
@@ -139,7 +143,7 @@ class Journal:
 
 
 class _Interrupted(BaseException):
-    def __init__(self, signum: int):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
         self.signame = signal.Signals(signum).name

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from vllm_epdp.patching.log import Log, to_stderr
 
 
 @contextlib.contextmanager
-def root_lock(root: Path, log: Log = to_stderr, shared: bool = False):
+def root_lock(root: Path, log: Log = to_stderr, shared: bool = False) -> Iterator[None]:
     """flock on the root directory itself (nothing to leave behind in
     site-packages). Readers that copy the tree (overlays) take it shared, so
     they never copy a file half written."""

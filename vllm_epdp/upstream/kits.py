@@ -41,13 +41,15 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10
+    import tomli as tomllib
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.patching.series import Patch
@@ -153,7 +155,7 @@ def load_kit(directory: Path) -> Kit:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise EpdpError(f"{where}: {exc}") from None
 
-    def need(key: str):
+    def need(key: str) -> Any:  # a TOML value
         if key not in data:
             raise EpdpError(f"{where}: no '{key}'; every kit.toml names it (see vllm_epdp/upstream/kits.py)")
         return data[key]

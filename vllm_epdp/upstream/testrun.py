@@ -99,7 +99,7 @@ def _in_file(text: str, name: str) -> bool:
 def tests_tree(release_root: Path, dest: Path) -> Path:
     """A hard-linked copy of the release's tests/ and pyproject.toml at dest."""
 
-    def link(src, dst):
+    def link(src: str, dst: str) -> str:
         try:
             os.link(src, dst)
         except OSError:  # another file system

@@ -14,6 +14,7 @@ only if a target produced output; assess.py judges each run, table.py prints.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -59,7 +60,7 @@ def _build_models(plan: plan_mod.Plan) -> None:
             _say(f"[verify] model {key} ready in {model.path} ({time.monotonic() - t0:.1f} s)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     plan = make_plan(args)
     if args.list:

@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_plan(args) -> plan_mod.Plan:
+def make_plan(args: argparse.Namespace) -> plan_mod.Plan:
     for name in ("dp", "tp"):
         if getattr(args, name) < 1:
             raise EpdpError(f"--{name} must be at least 1")

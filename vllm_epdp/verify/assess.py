@@ -8,11 +8,15 @@ the collective ledger found (``--ledger``), and which model runner really ran.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vllm_epdp.verify import compare
 from vllm_epdp.verify.plan import Model
 
+if TYPE_CHECKING:
+    from vllm_epdp.verify.runner import RunResult
 
 def assess(result, model: Model, reference, *, deep: bool, ledger: bool, tolerance: float) -> dict:
     """One table row (and JSON entry) for a run. ``deep``: padding rows count
@@ -21,7 +25,7 @@ def assess(result, model: Model, reference, *, deep: bool, ledger: bool, toleran
     from vllm_epdp.diagnostics import nonfinite
 
     config = result.config
-    row = {
+    row: dict[str, Any] = {
         "name": config.name,
         "key": config.key,
         "runner_asked": config.runner,

@@ -47,7 +47,7 @@ class Verdict:
     problems: list[str]
 
 
-def _as_float(value) -> float:
+def _as_float(value: float | str) -> float:
     # rank.py writes non-finite logprobs as strings ("nan", "inf", "-inf").
     return float(value)
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vllm_epdp import model_runners
@@ -35,7 +36,7 @@ class Settings:
     ledger: bool = False
     extra_env: dict[str, str] = dataclasses.field(default_factory=dict)
     async_scheduling: bool | None = None  # None: vLLM's default (off on CPU)
-    say: object = print  # progress printer
+    say: Callable[[str], None] = print  # progress printer
 
 
 @dataclasses.dataclass
@@ -79,14 +80,14 @@ def base_env(config: Config, model: Model, settings: Settings, workdir: Path) ->
 class ProgressReader:
     """Turns the ranks' ``@@verify`` lines into progress messages."""
 
-    def __init__(self, name: str, logs: list[Path], n_scenarios: int, say) -> None:
+    def __init__(self, name: str, logs: list[Path], n_scenarios: int, say: Callable[[str], None]) -> None:
         self.name, self.logs, self.n, self.say = name, logs, n_scenarios, say
         self.offsets = {p: 0 for p in logs}
         self.engine_up: float | None = None
         self.done: list[str] = []
         self.started = time.monotonic()
 
-    def __call__(self, _group=None) -> None:
+    def __call__(self, _group: procs.ProcGroup | None = None) -> None:
         for path in self.logs:
             try:
                 with open(path, "rb") as f:
@@ -112,7 +113,7 @@ class ProgressReader:
             )
 
 
-def rank_spec(config: Config, model: Model, scenarios: list[str], workdir: Path, dp_rank: int) -> dict:
+def rank_spec(config: Config, model: Model, scenarios: list[str], workdir: Path, dp_rank: int | None) -> dict:
     return {
         "model": model.path,
         "dtype": model.dtype,

@@ -21,11 +21,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from vllm_epdp.harness.offline_engine import barrier, generate_wave, json_number, progress, start_engine
 
 
-def result_of(output) -> dict:
+def result_of(output: Any) -> dict:  # output: vllm.RequestOutput
     """Token ids and, per position, the top-k logprobs ({token id: logprob},
     the sampled token included) of one request."""
     completion = output.outputs[0]

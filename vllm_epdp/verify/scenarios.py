@@ -162,7 +162,7 @@ class Scenario:
         }
 
 
-def _reqs(tag: str, seeds_words_tokens) -> tuple[Request, ...]:
+def _reqs(tag: str, seeds_words_tokens: list[tuple[int, int, int]]) -> tuple[Request, ...]:
     return tuple(
         Request(f"{tag}-{i}", prompt(seed, words), tokens) for i, (seed, words, tokens) in enumerate(seeds_words_tokens)
     )

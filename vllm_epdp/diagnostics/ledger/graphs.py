@@ -20,11 +20,15 @@ graphs: the tests run this code with a stand-in graph class.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from vllm_epdp.diagnostics.ledger import record
 
+# What a capture recorded: (graph id, its groups, this process's member in each).
+GraphInfo = tuple[int, list[str], list[int]]
+
 # Graphs that cannot carry an attribute: id -> (graph id, groups, members).
-_by_id: dict[int, tuple] = {}
+_by_id: dict[int, GraphInfo | None] = {}
 
 
 def install() -> None:
@@ -35,14 +39,14 @@ def install() -> None:
             instrument(cls)
 
 
-def instrument(cls: type) -> None:
+def instrument(cls: type[Any]) -> None:
     """Record the captures and replays of graph class ``cls``; idempotent."""
     begin, end, replay = cls.capture_begin, cls.capture_end, cls.replay
     if getattr(replay, "_epdp_ledger", False):
         return
 
     @functools.wraps(begin)
-    def capture_begin(self, *args, **kwargs):
+    def capture_begin(self: Any, *args: Any, **kwargs: Any) -> Any:
         record.capture_begin()
         try:
             return begin(self, *args, **kwargs)
@@ -51,14 +55,14 @@ def instrument(cls: type) -> None:
             raise
 
     @functools.wraps(end)
-    def capture_end(self, *args, **kwargs):
+    def capture_end(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return end(self, *args, **kwargs)
         finally:
             _remember(self, record.capture_end())
 
     @functools.wraps(replay)
-    def replay_recorded(self, *args, **kwargs):
+    def replay_recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
         info = _recall(self)
         if info is not None:
             try:
@@ -68,22 +72,23 @@ def instrument(cls: type) -> None:
         return replay(self, *args, **kwargs)
 
     for wrapper in (capture_begin, capture_end, replay_recorded):
-        wrapper._epdp_ledger = True
+        # A marker on the function object (mypy models no attributes set on functions).
+        wrapper._epdp_ledger = True  # type: ignore[attr-defined]
     cls.capture_begin, cls.capture_end, cls.replay = capture_begin, capture_end, replay_recorded
 
 
-def _remember(graph, info) -> None:
+def _remember(graph: Any, info: GraphInfo | None) -> None:
     try:
         graph._epdp_ledger_graph = info
     except AttributeError:
         _by_id[id(graph)] = info
 
 
-def _recall(graph):
+def _recall(graph: Any) -> GraphInfo | None:
     info = getattr(graph, "_epdp_ledger_graph", None)
     return info if info is not None else _by_id.get(id(graph))
 
 
-def instrumented(cls: type) -> bool:
+def instrumented(cls: type[Any]) -> bool:
     """Whether the captures and replays of graph class ``cls`` are recorded."""
     return bool(getattr(cls.replay, "_epdp_ledger", False))

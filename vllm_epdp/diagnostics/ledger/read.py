@@ -267,7 +267,9 @@ def _load_file(path: Path, name: str, ledger: Ledger) -> None:
         members[member] = (name, entries)
 
 
-def _add_replay(rec: dict, number: int, step, graphs: dict, per_key: dict, ledger: Ledger, name: str) -> None:
+def _add_replay(
+    rec: dict, number: int, step: Step | None, graphs: dict, per_key: dict, ledger: Ledger, name: str
+) -> None:
     ops = graphs.get(rec["graph"])
     if ops is None:
         raise KeyError(f"graph {rec['graph']} replayed before its graph line")

@@ -60,7 +60,12 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # How many of this process's last lines a stall dump repeats.
 RECENT_LINES = 64
@@ -211,7 +216,9 @@ def _active() -> list[str]:
         return _tls.active
 
 
-def call(layer: str, op: str, group: Group, original, args: tuple, kwargs: dict, extra: str = ""):
+def call(
+    layer: str, op: str, group: Group, original: Callable[..., Any], args: tuple, kwargs: dict, extra: str = ""
+) -> Any:
     """Run ``original(*args, **kwargs)``; record it as one entry of ``group``
     unless a call on that group is already in progress on this thread.
     ``extra``: more fields for the op line, pre-rendered (``,"sizes":[..]``)."""
@@ -280,7 +287,7 @@ def _announce_locked(group: Group) -> None:
     _write_locked(json.dumps(record, separators=(",", ":")))
 
 
-def describe(value, shapes: list, dtypes: list) -> None:
+def describe(value: Any, shapes: list, dtypes: list) -> None:
     """Shapes and dtypes of a tensor, or of a list/tuple of tensors."""
     tensor = _tensor or _tensor_type()
     if isinstance(value, tensor):
@@ -295,11 +302,11 @@ def describe(value, shapes: list, dtypes: list) -> None:
             describe(item, shapes, dtypes)
 
 
-_tensor: type | None = None
+_tensor: type[torch.Tensor] | None = None
 _dtype_names: dict = {}  # torch.float32 -> "float32"
 
 
-def _tensor_type() -> type:
+def _tensor_type() -> type[torch.Tensor]:
     # torch is imported by whoever records; the ledger's readers never need it.
     global _tensor
     if _tensor is None:
@@ -409,7 +416,7 @@ class step:
         self.outermost = step_begin(self.what, self.tokens)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         step_end(self.outermost)
 
 

@@ -87,7 +87,7 @@ def _step_text(entry: Entry) -> str:
     return f"in {entry.step}" if entry.step else "before any model-runner step"
 
 
-def _stall_line(stall, directory) -> str:
+def _stall_line(stall: Stall, directory: str | os.PathLike) -> str:
     rec = stall.record
     return (
         f"stall: {stall.file} line {stall.line} (pid {rec.get('pid')}): {stall.waiting()} had not finished "

@@ -74,7 +74,7 @@ def install() -> None:
 
 def _wrap(op: str, group_index: int, original):
     @functools.wraps(original)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         # First, before touching any state: under torch.compile's tracing
         # this must be a plain call (the compiled graph runs without us).
         if torch.compiler.is_compiling():
@@ -89,6 +89,7 @@ def _wrap(op: str, group_index: int, original):
             return original(*args, **kwargs)
         return record.call("torch", op, group, original, args, kwargs)
 
-    wrapper._epdp_ledger = True
-    wrapper._epdp_original = original
+    # Markers on the function object (mypy models no attributes set on functions).
+    wrapper._epdp_ledger = True  # type: ignore[attr-defined]
+    wrapper._epdp_original = original  # type: ignore[attr-defined]
     return wrapper

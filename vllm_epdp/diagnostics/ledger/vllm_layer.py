@@ -91,7 +91,7 @@ def install() -> None:
 
 
 # ---------------------------------------------------------------- collectives
-def _patch_coordinator_class(cls) -> None:
+def _patch_coordinator_class(cls: type[Any]) -> None:
     for method, op in COORDINATOR_OPS.items():
         original = cls.__dict__.get(method)
         if original is None or getattr(original, "_epdp_ledger", False):
@@ -101,7 +101,7 @@ def _patch_coordinator_class(cls) -> None:
     if init is not None and not getattr(init, "_epdp_ledger", False):
 
         @functools.wraps(init)
-        def __init__(self, *args, **kwargs):
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             try:
                 init(self, *args, **kwargs)
             finally:
@@ -109,13 +109,14 @@ def _patch_coordinator_class(cls) -> None:
                 # used them before: name them anew, as this coordinator's.
                 groups.forget_torch()
 
-        __init__._epdp_ledger = True
+        # A marker on the function object (mypy models no attributes set on functions).
+        __init__._epdp_ledger = True  # type: ignore[attr-defined]
         cls.__init__ = __init__
 
 
-def _wrap(op: str, original, sizes_at: int | None):
+def _wrap(op: str, original: Callable[..., Any], sizes_at: int | None) -> Callable[..., Any]:
     @functools.wraps(original)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         # First, before touching any state: under torch.compile's tracing
         # this must be a plain call.
         if torch.compiler.is_compiling():
@@ -134,17 +135,18 @@ def _wrap(op: str, original, sizes_at: int | None):
             return original(self, *args, **kwargs)
         return record.call("vllm", op, group, original, (self, *args), kwargs, extra)
 
-    wrapper._epdp_ledger = True
+    # A marker on the function object (mypy models no attributes set on functions).
+    wrapper._epdp_ledger = True  # type: ignore[attr-defined]
     return wrapper
 
 
-def _patch_flashinfer(module) -> None:
+def _patch_flashinfer(module: Any) -> None:  # vLLM's flashinfer module (we set an attribute)
     original = getattr(module, "allreduce_fusion", None)
     if original is None or getattr(original, "_epdp_ledger", False):
         return
 
     @functools.wraps(original)
-    def allreduce_fusion(*args, **kwargs):
+    def allreduce_fusion(*args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():
             return original(*args, **kwargs)
         try:
@@ -159,12 +161,13 @@ def _patch_flashinfer(module) -> None:
             return original(*args, **kwargs)
         return record.call("vllm", "flashinfer_allreduce_fusion", group, original, args, kwargs)
 
-    allreduce_fusion._epdp_ledger = True
+    # A marker on the function object (mypy models no attributes set on functions).
+    allreduce_fusion._epdp_ledger = True  # type: ignore[attr-defined]
     module.allreduce_fusion = allreduce_fusion
 
 
 # ---------------------------------------------------------------- steps
-def _patch_worker(module) -> None:
+def _patch_worker(module: ModuleType) -> None:
     worker = module.Worker
     original = worker.__dict__.get("execute_dummy_batch")
     if original is None or getattr(original, "_epdp_ledger", False):
@@ -174,7 +177,7 @@ def _patch_worker(module) -> None:
     )
 
 
-def _patch_runner(cls) -> None:
+def _patch_runner(cls: type[Any]) -> None:
     execute_model = cls.__dict__.get("execute_model")
     if execute_model is not None and not getattr(execute_model, "_epdp_ledger", False):
         cls.execute_model = _step(execute_model, _execute_model_step)
@@ -186,19 +189,23 @@ def _patch_runner(cls) -> None:
         cls.sample_tokens = _step(sample_tokens, None)
 
 
-def _execute_model_step(self, args: tuple, kwargs: dict) -> tuple[str, int]:
+def _execute_model_step(self: Any, args: tuple, kwargs: dict) -> tuple[str, int]:
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     tokens = getattr(scheduler_output, "total_num_scheduled_tokens", 0)
     # V2 runs its own dummy batches through execute_model(dummy_run=True).
     return ("execute_model(dummy_run)" if kwargs.get("dummy_run") else "execute_model"), tokens
 
 
-def _step(original, describe):
+# (runner or worker, args, kwargs) -> (the step's kind, its tokens)
+StepDescriber = Callable[[Any, tuple, dict], tuple[str, int]]
+
+
+def _step(original: Callable[..., Any], describe: StepDescriber | None) -> Callable[..., Any]:
     """``original`` as a step (``describe`` gives its kind and tokens), or
     as the continuation of the step in progress (``describe`` None)."""
 
     @functools.wraps(original)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         outermost = False
         try:
             if describe is None:
@@ -214,5 +221,6 @@ def _step(original, describe):
         finally:
             record.step_end(outermost)
 
-    wrapper._epdp_ledger = True
+    # A marker on the function object (mypy models no attributes set on functions).
+    wrapper._epdp_ledger = True  # type: ignore[attr-defined]
     return wrapper

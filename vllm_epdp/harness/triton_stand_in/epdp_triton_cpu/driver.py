@@ -3,6 +3,8 @@ driver choice never lands on it by accident), device = torch's cpu."""
 
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from triton.backends.compiler import GPUTarget
 from triton.backends.driver import DriverBase
@@ -23,7 +25,7 @@ class InterpreterDriver(DriverBase):
     def get_current_target(self) -> GPUTarget:
         return GPUTarget("cpu", "interpreter", 0)
 
-    def get_active_torch_device(self):
+    def get_active_torch_device(self) -> Any:  # torch.device
         import torch
 
         return torch.device("cpu")
@@ -31,21 +33,23 @@ class InterpreterDriver(DriverBase):
     def get_current_device(self) -> int:
         return 0
 
-    def set_current_device(self, device) -> None:
+    def set_current_device(self, device: Any) -> None:
         pass
 
-    def get_current_stream(self, device=None) -> int:
+    def get_current_stream(self, device: Any = None) -> int:
         return 0
 
-    def get_device_interface(self):
+    def get_device_interface(self) -> Any:  # the torch.cpu module
         import torch
 
         return torch.cpu
 
-    def get_benchmarker(self):
+    def get_benchmarker(self) -> Callable[..., float | list[float]]:
         """Autotuning times by the wall clock: the interpreter has no events."""
 
-        def bench(kernel_call, *, quantiles=None, **kwargs):
+        def bench(
+            kernel_call: Callable[[], object], *, quantiles: list[float] | None = None, **kwargs: Any
+        ) -> float | list[float]:
             kernel_call()
             start = time.perf_counter()
             kernel_call()
