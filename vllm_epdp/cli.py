@@ -18,10 +18,10 @@ from vllm_epdp import __version__
 from vllm_epdp.errors import EpdpError
 
 if TYPE_CHECKING:
+    from vllm_epdp.model_runners import Choice
     from vllm_epdp.patching import PatchStatus
-    from vllm_epdp.runners import Choice
-    from vllm_epdp.series import Patch
-    from vllm_epdp.target import Target
+    from vllm_epdp.patching.series import Patch
+    from vllm_epdp.patching.vllm_tree import VllmTree
 
 EXIT_CODES = """\
 exit codes:
@@ -228,7 +228,7 @@ def _verify_module() -> ModuleType:
 # ---------------------------------------------------------------------- commands
 
 
-def _target_and_series(args):
+def _target_and_series(args: argparse.Namespace) -> tuple[VllmTree, Path, list[Patch]]:
     from vllm_epdp.patching.series import load_series, series_dir
     from vllm_epdp.patching.vllm_tree import detect_checkout, detect_installed
 
@@ -256,7 +256,7 @@ def _warn_if_forced(forced: str | None, detected: str | None, what: str) -> None
         )
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from vllm_epdp import model_runners, patching
 
     target, directory, patches = _target_and_series(args)
@@ -319,7 +319,7 @@ def _protects(patch: Patch, package_dir: Path | None) -> list[str] | None:
     return None if covered is None else list(covered)
 
 
-def _runner_check(target: Target, patches: list[Patch]) -> tuple[Choice | None, list[str]]:
+def _runner_check(target: VllmTree, patches: list[Patch]) -> tuple[Choice | None, list[str]]:
     """(the runner the installed vLLM picks or None, warnings for runner-level
     patches that do not cover it). Asks vLLM itself, so only for the vLLM this
     Python imports; a checkout or an unimportable vLLM gets no answer."""

@@ -41,7 +41,7 @@ from packaging.version import InvalidVersion, Version
 from vllm_epdp.errors import EpdpError
 
 if TYPE_CHECKING:
-    from vllm_epdp.series import Patch
+    from vllm_epdp.patching.series import Patch
 
 RUNNERS = ("v1", "v2")
 STAND_IN = Path(__file__).resolve().parent / "harness" / "triton_stand_in"

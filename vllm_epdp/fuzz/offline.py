@@ -20,7 +20,6 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from vllm_epdp import model_runners
 from vllm_epdp.diagnostics import ledger
@@ -103,7 +102,7 @@ class OfflineSession(SessionBase):
         specs = rank_processes(
             t.dp,
             t.tp,
-            spec["launcher"],
+            str(spec["launcher"]),
             env,
             "vllm_epdp.fuzz.offline_rank",
             lambda rank: write_spec(d, rank, dict(spec, dp_rank=rank)),

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from vllm_epdp.harness.offline_engine import barrier, generate_wave, json_number, progress, start_engine
+from vllm_epdp.harness.offline_engine import Place, barrier, generate_wave, json_number, progress, start_engine
 
 POLL_S = 0.05
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from vllm_epdp.harness import ports, procs
@@ -37,7 +38,13 @@ def write_spec(workdir: Path, dp_rank: int | None, spec: dict) -> Path:
 
 
 def rank_processes(
-    dp: int, tp: int, launcher: str, env: dict[str, str], module: str, spec_for, workdir: Path
+    dp: int,
+    tp: int,
+    launcher: str,
+    env: dict[str, str],
+    module: str,
+    spec_for: Callable[[int | None], Path],
+    workdir: Path,
 ) -> list[procs.ProcSpec]:
     """The processes of one offline engine: ``python -m MODULE SPEC`` per DP
     rank with vLLM's DP environment (launcher "mp"), or one torchrun of

@@ -17,11 +17,12 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 PROGRESS = "@@verify "
 
 
-def progress(**event) -> None:
+def progress(**event: Any) -> None:
     print(PROGRESS + json.dumps(event), flush=True)
 
 
@@ -34,7 +35,7 @@ def barrier(directory: Path, name: str, me: int, count: int) -> None:
         time.sleep(0.05)
 
 
-def json_number(x: float):
+def json_number(x: float) -> float | str:
     # JSON has no NaN/inf; keep them visible as strings so the check sees them.
     return x if math.isfinite(x) else repr(float(x))
 
@@ -49,7 +50,7 @@ class Place:
     writer: bool  # writes its DP rank's results (with TP > 1 under torchrun, one process per DP rank does)
 
 
-def start_engine(spec: dict):
+def start_engine(spec: dict[str, Any]) -> tuple[Any, Place]:  # (vllm.LLM, Place)
     """The engine of ``spec`` (model, dtype, tp, dp, dp_rank, ep, launcher,
     max_model_len) and this process's Place. Under torchrun vLLM takes the DP
     rank from the launcher (external_launcher); otherwise from the VLLM_DP_*
@@ -76,7 +77,7 @@ def start_engine(spec: dict):
     return LLM(**kwargs), Place(spec["dp_rank"], spec["dp_rank"], spec["dp"], True)
 
 
-def generate_wave(llm, prompts: list, params: list) -> list:
+def generate_wave(llm: Any, prompts: list, params: list) -> list:  # llm: vllm.LLM
     """One DP wave of this rank: its prompts' outputs, in order.
 
     vLLM's offline DP pattern has no coordinator: an engine whose front-end

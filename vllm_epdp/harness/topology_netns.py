@@ -35,9 +35,13 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.harness import cpu_host, netns, procs
+
+if TYPE_CHECKING:  # only for annotations: serving starts these topologies
+    from vllm_epdp.harness.serving import Deployment
 
 API_PORT = 8000
 RPC_PORT = 13345
@@ -58,7 +62,7 @@ def node_cores() -> list[str]:
     return cpu_host.cpu_bind(NODES).split("|")
 
 
-def node_argv(deployment: serving.Deployment, net: netns.Network, rank: int) -> list[str]:
+def node_argv(deployment: Deployment, net: netns.Network, rank: int) -> list[str]:
     """`vllm serve` for the node that holds DP rank ``rank``."""
     argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *deployment.serve_args()]
     argv += ["--data-parallel-size", str(deployment.dp), "--data-parallel-size-local", "1"]
@@ -74,7 +78,7 @@ def node_argv(deployment: serving.Deployment, net: netns.Network, rank: int) -> 
 
 
 @contextlib.contextmanager
-def start(deployment: serving.Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
+def start(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
     """Start both nodes; yield (url, [group A, group B], [log A, log B]).
     The network and every process in it are gone when this returns;
     workdir/network.json says what it was."""

@@ -37,10 +37,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.harness import cpu_host, netns, procs, ray_cluster
 from vllm_epdp.harness.ports import free_port
+
+if TYPE_CHECKING:  # only for annotations: serving starts these topologies
+    from vllm_epdp.harness.serving import Deployment
 
 TOPOLOGIES = ("ray", "ray-executor", "ray-multinode")
 EXECUTORS = ("v2", "legacy")
@@ -72,13 +76,13 @@ def check_supported(env: dict[str, str]) -> None:
         raise EpdpError(RAY_ON_CPU)
 
 
-def executor_env(deployment: serving.Deployment, env: dict[str, str]) -> dict[str, str]:
+def executor_env(deployment: Deployment, env: dict[str, str]) -> dict[str, str]:
     if deployment.ray_executor not in EXECUTORS:
         raise EpdpError(f"unknown Ray executor '{deployment.ray_executor}': use one of {', '.join(EXECUTORS)}")
     return dict(env, VLLM_USE_RAY_V2_EXECUTOR_BACKEND="1" if deployment.ray_executor == "v2" else "0")
 
 
-def backend_args(deployment: serving.Deployment) -> list[str]:
+def backend_args(deployment: Deployment) -> list[str]:
     """What a Ray topology adds to `vllm serve`."""
     if deployment.topology == "ray-executor":
         return ["--distributed-executor-backend", "ray"]
@@ -86,7 +90,7 @@ def backend_args(deployment: serving.Deployment) -> list[str]:
 
 
 @contextlib.contextmanager
-def start(deployment: serving.Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
+def start(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
     """Start the cluster and the server; yield (url, groups, logs) as every
     topology does (the cluster's node groups after the server's, so that a
     dead Ray node shows as a dead server). Everything is gone on return."""
@@ -108,7 +112,7 @@ def start(deployment: serving.Deployment, workdir: Path, env: dict[str, str], de
 
 
 @contextlib.contextmanager
-def _start_two_nodes(deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
+def _start_two_nodes(deployment: Deployment, workdir: Path, env: dict[str, str], deadline_s: float) -> Iterator[tuple]:
     from vllm_epdp.harness import topology_netns
 
     if deployment.dp != topology_netns.NODES or deployment.tp != 1:

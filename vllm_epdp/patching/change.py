@@ -73,7 +73,7 @@ class _Plan:
     todo: list[Patch]  # to write, in order (last first for a revert)
 
 
-def _change(target: VllmTree, patches: list[Patch], names, reverse: bool, log: Log) -> list[Patch]:
+def _change(target: VllmTree, patches: list[Patch], names: list[str] | None, reverse: bool, log: Log) -> list[Patch]:
     root = target.root
     with root_lock(root, log):
         recover(root, log)
@@ -104,7 +104,7 @@ def _change(target: VllmTree, patches: list[Patch], names, reverse: bool, log: L
         return plan.todo
 
 
-def _plan(target: VllmTree, patches: list[Patch], names, reverse: bool) -> _Plan:
+def _plan(target: VllmTree, patches: list[Patch], names: list[str] | None, reverse: bool) -> _Plan:
     """The states of the series and the patches to write; CheckFailed where a
     selected patch conflicts, or is outdated and asked to be applied."""
     verb = "revert" if reverse else "apply"

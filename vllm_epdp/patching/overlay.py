@@ -33,7 +33,7 @@ from typing import Any
 from vllm_epdp import patching
 from vllm_epdp.cache import cache_root
 from vllm_epdp.errors import EpdpError
-from vllm_epdp.patching.series import load_series, series_hash
+from vllm_epdp.patching.series import Patch, load_series, series_hash
 from vllm_epdp.patching.vllm_tree import VllmTree, detect_installed, wheel_mismatches
 
 STATES = ("pristine", "patched")
@@ -138,7 +138,7 @@ def publish(tmp: Path, final: Path, info: dict) -> Path:
     return final
 
 
-def _bring_to_state(overlay: VllmTree, installed: VllmTree, patches, state: str) -> None:
+def _bring_to_state(overlay: VllmTree, installed: VllmTree, patches: list[Patch], state: str) -> None:
     """Whatever state the installed vLLM is in: back to the wheel's bytes, then
     (patched) the whole series on top."""
     assert installed.record is not None  # make_overlay refuses a vLLM without RECORD
@@ -178,6 +178,7 @@ def env_with(path: Path, base: dict | None = None) -> dict:
 
 def _key(target: VllmTree, state: str, version: str) -> str:
     h = hashlib.sha256()
+    assert target.record is not None  # an installed wheel has its RECORD
     record = "\n".join(f"{p},{e.sha256},{e.size}" for p, e in sorted(target.record.items()))
     # The pristine overlay is the wheel's bytes (checked file by file), whatever
     # the series: keying it by the series would only rebuild it for nothing.

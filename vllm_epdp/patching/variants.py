@@ -21,7 +21,7 @@ from pathlib import Path
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.patching import overlay
 from vllm_epdp.patching.git import git_apply
-from vllm_epdp.patching.series import load_series
+from vllm_epdp.patching.series import Patch, load_series
 from vllm_epdp.patching.vllm_tree import detect_installed
 
 

@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vllm_epdp.errors import CheckFailed, EpdpError
-from vllm_epdp.patching.series import load_series, public_version, select, supported_versions
+from vllm_epdp.patching.series import Patch, load_series, public_version, select, supported_versions
 from vllm_epdp.upstream import describe, repo, testrun
 from vllm_epdp.upstream.kits import Kit, kit_for, load_kits
 
@@ -127,7 +127,7 @@ def say(line: str) -> None:
     print(f"[vllm-epdp upstream] {line}", file=sys.stderr, flush=True)
 
 
-def write(kit: Kit, release: str, patches, out: Path, run_tests: bool = True) -> int:
+def write(kit: Kit, release: str, patches: list[Patch], out: Path, run_tests: bool = True) -> int:
     from vllm_epdp.patching import releases
 
     carried = kit.resolve(patches)

@@ -8,7 +8,6 @@ the collective ledger found (``--ledger``), and which model runner really ran.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +15,12 @@ from vllm_epdp.verify import compare
 from vllm_epdp.verify.plan import Model
 
 if TYPE_CHECKING:
-    from vllm_epdp.verify.runner import RunResult
+    from vllm_epdp.verify.offline import RunResult
 
-def assess(result, model: Model, reference, *, deep: bool, ledger: bool, tolerance: float) -> dict:
+
+def assess(
+    result: RunResult, model: Model, reference: RunResult | None, *, deep: bool, ledger: bool, tolerance: float
+) -> dict:
     """One table row (and JSON entry) for a run. ``deep``: padding rows count
     too; ``ledger``: the run kept a ledger to compare; ``tolerance``: for
     models compared closely rather than exactly."""
@@ -75,10 +77,10 @@ def assess(result, model: Model, reference, *, deep: bool, ledger: bool, toleran
     # A single rank (the DP=1 reference) posts no collective: its ledger has
     # nothing to compare, and an empty ledger reads as a problem.
     if ledger and config.dp * config.tp > 1:
-        from vllm_epdp.diagnostics import ledger
+        from vllm_epdp.diagnostics import ledger as collective_ledger
 
         ledger_dir = result.workdir / "ledger"
-        mismatches = ledger.compare(ledger_dir) if ledger_dir.exists() else ["no ledger was written"]
+        mismatches = collective_ledger.compare(ledger_dir) if ledger_dir.exists() else ["no ledger was written"]
         row["ledger_problems"] = mismatches
         row["problems"].extend(f"collective ledger: {m}" for m in mismatches)
     if config.reference:

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from vllm_epdp.harness import procs, serving
 from vllm_epdp.verify.offline import LOGPROBS, MAX_MODEL_LEN, RunResult, Settings, base_env
@@ -97,6 +98,7 @@ def run_server(config: Config, model: Model, scenarios: list[str], workdir: Path
         outcome = procs.Outcome(config.key, {}, exc.hung, time.monotonic() - started, "", logs)
         return result(outcome, f"{config.key}: {exc.message}")
     stopped = server.stopped
+    assert stopped is not None  # serve() sets it on the way out
     timed_out = bool(hung_stacks) or stopped.left
     outcome = procs.Outcome(
         config.key, stopped.codes, timed_out, time.monotonic() - started, hung_stacks + stopped.stacks, logs
@@ -123,7 +125,7 @@ def _send(url: str, model: Model, name: str, into: dict[str, dict], limit_s: flo
     into ``into``. Returns why it failed, or "" when every answer came."""
     requests = ALL_SCENARIOS[name].requests()
 
-    def send(i_req):
+    def send(i_req: tuple[int, Any]) -> tuple[str, dict]:
         i, r = i_req
         time.sleep(i * ARRIVAL_GAP_S)
         body = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from typing import Any  # process groups and vLLM coordinators: not typed here
 
 from vllm_epdp.diagnostics.ledger import record
 
@@ -30,7 +31,7 @@ def forget_coordinators() -> None:
     _coordinator_groups.clear()
 
 
-def of_coordinator(coordinator) -> record.Group | None:
+def of_coordinator(coordinator: Any) -> record.Group | None:
     """The ledger's Group of a GroupCoordinator (None while it has no ranks:
     half-way through its __init__)."""
     group = _coordinator_groups.get(coordinator)
@@ -45,7 +46,7 @@ def of_coordinator(coordinator) -> record.Group | None:
     return group
 
 
-def of_torch(pg) -> record.Group:
+def of_torch(pg: Any) -> record.Group:
     """The ledger's Group for a torch process group (None: the default group)."""
     import torch.distributed as dist
 
@@ -68,7 +69,7 @@ def of_torch(pg) -> record.Group:
     return group
 
 
-def _coordinator_group(pg) -> record.Group | None:
+def _coordinator_group(pg: Any) -> record.Group | None:
     """The Group of the vLLM GroupCoordinator whose cpu_group or
     device_group is ``pg``; None if vLLM's parallel state is not loaded in
     this process or no coordinator owns ``pg``."""
@@ -84,7 +85,7 @@ def _coordinator_group(pg) -> record.Group | None:
     return None
 
 
-def _torch_group(group) -> record.Group:
+def _torch_group(group: Any) -> record.Group:
     import torch.distributed as dist
 
     try:

@@ -107,6 +107,7 @@ def open_file(outdir: str | os.PathLike) -> tuple[Path, bool]:
 
     with _lock:
         if _installed_dir is not None:
+            assert _installed_path is not None  # set together with _installed_dir
             return _installed_path, False
         directory = Path(outdir)
         directory.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vllm_epdp.diagnostics.ledger.read import LAYERS, P2P_OPS, Entry, Ledger, load
+from vllm_epdp.diagnostics.ledger.read import LAYERS, P2P_OPS, Entry, Ledger, Stall, load
 
 
 @dataclass

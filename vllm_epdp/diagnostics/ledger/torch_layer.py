@@ -19,6 +19,8 @@ size and group name, with the member's rank in that group.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -72,7 +74,7 @@ def install() -> None:
             setattr(dist, op, wrapper)
 
 
-def _wrap(op: str, group_index: int, original):
+def _wrap(op: str, group_index: int, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # First, before touching any state: under torch.compile's tracing

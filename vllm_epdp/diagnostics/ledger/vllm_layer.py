@@ -35,6 +35,9 @@ the ledger never imports vLLM into a process that does not.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import torch
 
