@@ -35,13 +35,10 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.harness import cpu_host, netns, procs
-
-if TYPE_CHECKING:  # only for annotations: serving starts these topologies
-    from vllm_epdp.harness.serving import Deployment
+from vllm_epdp.harness.deployment import Deployment
 
 API_PORT = 8000
 RPC_PORT = 13345

@@ -37,14 +37,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.harness import cpu_host, netns, procs, ray_cluster
+from vllm_epdp.harness.deployment import Deployment
 from vllm_epdp.harness.ports import free_port
-
-if TYPE_CHECKING:  # only for annotations: serving starts these topologies
-    from vllm_epdp.harness.serving import Deployment
 
 TOPOLOGIES = ("ray", "ray-executor", "ray-multinode")
 EXECUTORS = ("v2", "legacy")
