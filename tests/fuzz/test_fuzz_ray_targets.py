@@ -40,3 +40,6 @@ def test_drawn_schedules_pass_on_ray(vllm_patched, tmp_path, target, runner, exa
     assert report.ok, fuzz.format_report(report)
     assert report.schedules >= examples and report.requests > 0
     assert report.runner_seen == runner.upper(), fuzz.format_report(report)
+    # The regime asked for really ran: under the Ray DP backend the engine cores
+    # are Ray actors, which the async probe must count too.
+    assert (report.overlapped_steps > 0) == async_scheduling, fuzz.format_report(report)

@@ -11,8 +11,8 @@ silently given the synchronous loop (vLLM's CPU platform used to force it
 off) is caught.
 
 ``install(DIR)`` (vllm_epdp/diagnostics/plugin.py, when VLLM_EPDP_ASYNC_PROBE=DIR is set)
-wraps both step methods in every vLLM process; only an engine core calls
-them, so only engine cores write ``DIR/engine-<pid>.json``: at the first
+counts the step function of every engine core a vLLM process makes, so only
+engine cores write ``DIR/engine-<pid>.json``: at the first
 step, at the first overlap, every ``WRITE_EVERY`` steps and at exit.
 ``read(DIR)`` and ``problems(DIR, expect_async)`` are for tests and the
 fuzzer.
@@ -21,13 +21,12 @@ fuzzer.
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any  # vLLM's EngineCore and its batch queue entries
 
 WRITE_EVERY = 256
 _lock = threading.Lock()
@@ -42,7 +41,15 @@ _counts: dict[str, Any] = {
 
 
 def install(outdir: str | os.PathLike) -> None:
-    """Wrap EngineCore's step methods in this process; idempotent."""
+    """Count the steps of every engine core this process makes; idempotent.
+
+    vLLM picks the engine core's step function once, in ``EngineCore.__init__``
+    (``self.step_fn``: ``step``, or ``step_with_batch_queue`` when async
+    scheduling gave it a batch queue), after it has loaded the plugins (and
+    so this). The probe counts through that attribute rather than by patching
+    the two methods: a Ray actor (the engine cores of the Ray DP backend)
+    copies its methods into the actor's own class when Ray creates it, before
+    any plugin runs, so a patch of ``EngineCore``'s methods never reaches it."""
     global _dir
     from vllm.v1.engine.core import EngineCore
 
@@ -51,36 +58,39 @@ def install(outdir: str | os.PathLike) -> None:
             return
         _dir = Path(outdir)
         _dir.mkdir(parents=True, exist_ok=True)
-        EngineCore.step = _wrap_step(EngineCore.step)
-        EngineCore.step_with_batch_queue = _wrap_queued_step(EngineCore.step_with_batch_queue)
+        EngineCore.step_fn = property(_get_step_fn, _set_step_fn)
         atexit.register(_write)
 
 
-def _has_tokens(entry: tuple[Any, Any, Any]) -> bool:
+def _has_tokens(entry: Any) -> bool:
     # A batch queue entry is (future, scheduler_output, exec_future).
     return entry[1].total_num_scheduled_tokens > 0
 
 
-def _wrap_step(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    @functools.wraps(original)
-    def step(self: Any) -> Any:
-        _count(self, "sync_steps", overlapped=False)
-        return original(self)
-
-    return step
+def _get_step_fn(engine: Any) -> Callable[[], Any]:
+    return engine.__dict__["_epdp_counted_step_fn"]
 
 
-def _wrap_queued_step(original: Callable[[Any], tuple[Any, bool]]) -> Callable[[Any], tuple[Any, bool]]:
-    @functools.wraps(original)
-    def step_with_batch_queue(self: Any) -> tuple[Any, bool]:
-        # A batch with tokens already in flight when this call schedules
-        # another one with tokens: the two overlap.
-        in_flight = any(_has_tokens(entry) for entry in self.batch_queue)
-        outputs, model_executed = original(self)
-        _count(self, "queued_steps", overlapped=in_flight and model_executed)
-        return outputs, model_executed
+def _set_step_fn(engine: Any, step_fn: Callable[[], Any]) -> None:
+    # vLLM's own rule for which one step_fn is: a batch queue means
+    # step_with_batch_queue (its name may be hidden by a Ray wrapper).
+    if engine.batch_queue is None:
 
-    return step_with_batch_queue
+        def counted() -> Any:
+            _count(engine, "sync_steps", overlapped=False)
+            return step_fn()
+
+    else:
+
+        def counted() -> Any:
+            # A batch with tokens already in flight when this call schedules
+            # another one with tokens: the two overlap.
+            in_flight = any(_has_tokens(entry) for entry in engine.batch_queue)
+            outputs, model_executed = step_fn()
+            _count(engine, "queued_steps", overlapped=in_flight and model_executed)
+            return outputs, model_executed
+
+    engine.__dict__["_epdp_counted_step_fn"] = counted
 
 
 def _count(engine: Any, kind: str, overlapped: bool) -> None:

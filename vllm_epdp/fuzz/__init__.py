@@ -202,7 +202,8 @@ def fuzz(
                     failing.append((None, [problem]))
         report.restarts = session.restarts
         report.runner_seen = session.runner_seen()
-        report.overlapped_steps, async_problems = session.async_seen()
+        answered = report.schedules > 0 and not failing
+        report.overlapped_steps, async_problems = session.async_seen(answered)
 
     if failing:
         schedule, problems = failing[-1]

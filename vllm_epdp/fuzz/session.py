@@ -123,11 +123,14 @@ class SessionBase:
         self.probe_dirs.append(probe)
         return dict(self.env, VLLM_EPDP_ASYNC_PROBE=str(probe))
 
-    def async_seen(self) -> tuple[int, list[str]]:
+    def async_seen(self, answered: bool) -> tuple[int, list[str]]:
         """Steps the target's engine cores overlapped (scheduled while another
-        batch ran), and why they did not run as asked (empty: they did)."""
+        batch ran), and why they did not run as asked (empty: they did).
+        ``answered``: schedules passed, so engine cores must have stepped."""
         started = [d for d in self.probe_dirs if async_probe.read(d)]
         if not started:
+            if answered:  # answers came, yet no engine core was counted: the regime is unknown
+                return 0, [f"no engine core stepped with the async probe on ({', '.join(map(str, self.probe_dirs))})"]
             return 0, []  # no target engine ever stepped (a failed start says why)
         problems = []
         for d in started:
