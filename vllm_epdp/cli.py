@@ -50,32 +50,42 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"vllm-epdp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=help,
-            description=description,
-            epilog=EXIT_CODES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument(
-            "--checkout",
-            metavar="DIR",
-            help="patch the vLLM source tree in DIR (a git checkout) instead of the installed vLLM",
-        )
-        p.add_argument(
-            "--version",
-            dest="vllm_version",
-            metavar="VERSION",
-            help="use the series of this vLLM version (default: the detected version's; "
-            "needed for a checkout whose version cannot be read from vllm/_version.py "
-            "or a git tag). Forcing another version's series prints a warning; what "
-            "is reported about the vLLM (its version, its model runner) stays what "
-            "was detected",
-        )
-        return p
+    _add_patch_commands(sub)
+    _add_run_commands(sub, argv)
+    return parser
 
-    p = command(
+
+def _patch_command(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A command that works on a vLLM tree: --checkout and --version on each."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkout",
+        metavar="DIR",
+        help="patch the vLLM source tree in DIR (a git checkout) instead of the installed vLLM",
+    )
+    p.add_argument(
+        "--version",
+        dest="vllm_version",
+        metavar="VERSION",
+        help="use the series of this vLLM version (default: the detected version's; "
+        "needed for a checkout whose version cannot be read from vllm/_version.py "
+        "or a git tag). Forcing another version's series prints a warning; what "
+        "is reported about the vLLM (its version, its model runner) stays what "
+        "was detected",
+    )
+    return p
+
+
+def _add_patch_commands(sub: argparse._SubParsersAction) -> None:
+    """status, check, apply, revert: the series on a vLLM tree."""
+    p = _patch_command(
+        sub,
         "status",
         "show the detected vLLM and the state of every patch",
         "Show the detected vLLM (distribution, version, location, model runner) and, for every "
@@ -85,7 +95,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "outdated.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p = command(
+    p = _patch_command(
+        sub,
         "check",
         "dry run: does the series apply?",
         "Dry run of `apply`: try every selected patch on top of the earlier ones, change "
@@ -99,7 +110,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--release", metavar="X", help="check release X's files (from its sdist) instead of a vLLM here")
-    p = command(
+    p = _patch_command(
+        sub,
         "apply",
         "apply the series (or the named patches), all or nothing",
         "Apply the named patches (default: the whole series) in series order. Every patch is "
@@ -107,7 +119,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "already applied are skipped, so running it twice changes nothing.",
     )
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
-    p = command(
+    p = _patch_command(
+        sub,
         "revert",
         "take the series (or the named patches) out again",
         "Revert the named applied patches (default: all), last first. On an installed vLLM "
@@ -118,6 +131,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     p.add_argument("patches", nargs="*", metavar="PATCH", help="patch number (0003) or file name; default: all")
 
+
+def _add_run_commands(sub: argparse._SubParsersAction, argv: list[str]) -> None:
+    """ledger, verify, fuzz, upstream: the commands that run or read vLLM runs
+    (verify's and fuzz's options are built only when that command is asked for:
+    they import more)."""
     ledger = sub.add_parser(
         "ledger",
         help="compare the collective ledgers of a run (VLLM_EPDP_LEDGER=DIR)",
@@ -167,7 +185,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     upstream.add_arguments(upstream_cmd)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
