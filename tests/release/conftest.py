@@ -26,7 +26,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tool")]  # release_trees, tool_hel
 
 from release_trees import RELEASES, release_trees  # noqa: E402
 
-from vllm_epdp import releases  # noqa: E402
+from vllm_epdp.patching import releases  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=RELEASES)
