@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(300)
 
 HERE = Path(__file__).resolve().parent
 UNITS_WORKER = HERE / "workers" / "units_worker.py"
-RUNNER_WORKERS = HERE.parent / "runner" / "workers"
+RUNNER_WORKERS = HERE.parent / "model_runner" / "workers"
 ASYNC_WORKER = RUNNER_WORKERS / "async_config_worker.py"
 
 
