@@ -168,7 +168,7 @@ def cpu_through_vllm_groups(rank: int, world_size: int) -> None:
     from vllm.distributed.parallel_state import get_dp_group, get_ep_group
     from vllm_groups import dp_ep_groups
 
-    # The world process group exists already (vllm_epdp.harness.rank_function made it).
+    # The world process group exists already (vllm_epdp.harness.function_process made it).
     with dp_ep_groups(rank, world_size):
         sizes = [3 * r for r in range(world_size)]  # rank 0 idle: 0 rows
         for group in (get_dp_group(), get_ep_group()):

@@ -1,4 +1,4 @@
-"""vLLM's own parallel state on the gloo world that vllm_epdp.harness.rank_function created: DP =
+"""vLLM's own parallel state on the gloo world that vllm_epdp.harness.function_process created: DP =
 world size, EP on, external-launcher style (no engine), so that the DP and EP
 GroupCoordinators dispatch to the communicators vLLM builds itself."""
 

@@ -1,17 +1,16 @@
 """Offline DP runs (vLLM's data-parallel pattern: one process per DP rank,
 each with its own DPEngineCoreProc) of a request schedule, with the collective
-ledger on, through vllm_epdp.verify.rank. Used by the idle-rank experiments."""
+ledger on, through vllm_epdp.verify.offline_process. Used by the idle-rank experiments."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from vllm_epdp import model_runners
 from vllm_epdp.diagnostics import ledger
 from vllm_epdp.harness import cpu_host, offline_dp, procs
-from vllm_epdp.harness.ports import free_port
+from vllm_epdp.harness.offline_engine import EngineSpec
 
 SLOW_FRONTEND = Path(__file__).parent / "workers" / "slow_frontend.py"
 PROMPT = "The quick brown fox jumps over the lazy dog. "
@@ -51,7 +50,6 @@ def run_schedule(
     runner: the model runner to use ("v1", "v2": vllm_epdp.model_runners.runner_env;
     "auto": vLLM's own pick); nan_watch records which one ran."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     base = cpu_host.cpu_env(env, 2, hub_offline=True)
     base["VLLM_EPDP_LEDGER"] = str(workdir / "ledger")
     if nan_watch:
@@ -72,37 +70,23 @@ def run_schedule(
             for rank, rank_waves in enumerate(waves)
         ],
     }
-    specs = []
-    for rank in range(len(waves)):
-        spec = {
-            "model": str(model),
-            "dtype": dtype,
-            "tp": 1,
-            "dp": len(waves),
-            "dp_rank": rank,
-            "ep": ep,
-            "launcher": "mp",
-            "max_model_len": 256,
-            "logprobs": logprobs,
-            "scenarios": [scenario],
-            "out": str(workdir / "out" / "rank{rank}.json"),
-            "barrier_dir": str(workdir / "barrier"),
-        }
-        path = workdir / f"spec{rank}.json"
-        path.write_text(json.dumps(spec))
-        e = dict(base, **offline_dp.dp_env(rank, len(waves), port))
-        if frontend_gap_s is None:
-            argv = [sys.executable, "-m", "vllm_epdp.verify.rank", str(path)]
-        else:
-            argv = [sys.executable, str(SLOW_FRONTEND), str(frontend_gap_s), str(path)]
-        specs.append(
-            procs.ProcSpec(
-                f"rank{rank}",
-                argv,
-                e,
-                workdir / f"rank{rank}.log",
-            )
-        )
+    engine = EngineSpec(
+        model=str(model),
+        dtype=dtype,
+        tp=1,
+        dp=len(waves),
+        ep=ep,
+        launcher="mp",
+        max_model_len=256,
+        barrier_dir=str(workdir / "barrier"),
+    )
+    what = {"logprobs": logprobs, "scenarios": [scenario], "out": str(workdir / "out" / "rank{rank}.json")}
+    entry = (
+        ["-m", "vllm_epdp.verify.offline_process"]
+        if frontend_gap_s is None
+        else [str(SLOW_FRONTEND), str(frontend_gap_s)]
+    )
+    specs = offline_dp.rank_processes(engine, what, base, entry, workdir)
     barriers = workdir / "barrier"
 
     def stall_deadline(group: procs.ProcGroup) -> None:

@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.fuzz.verdict import Counts
+from vllm_epdp.patching.log import to_stderr
 
 if TYPE_CHECKING:
+    from vllm_epdp.fuzz.schedule import Schedule
     from vllm_epdp.fuzz.strategies import Limits
     from vllm_epdp.fuzz.targets import Target
 
@@ -93,10 +95,6 @@ class Report(Counts):
         super().add(outcome)
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # n > 1 asks vLLM to sample (it refuses n > 1 when greedy), and V2 samples
 # with top-k through a Triton kernel that Triton's interpreter cannot run
 # (`row_id.to(...)` on a Python int in _topk_topp_kernel): on CPU, V2 gets
@@ -132,26 +130,18 @@ def fuzz(
     workdir: Path,
     env: dict[str, str] | None = None,
     replay: Path | None = None,
-    say: Callable[[str], None] = _say,
+    say: Callable[[str], None] = to_stderr,
     async_scheduling: bool = True,
 ) -> Report:
     """Run the schedules; return what happened (failures shrunk and saved)."""
-    try:
-        import hypothesis  # noqa: F401
-    except ImportError:
-        raise EpdpError("vllm-epdp fuzz needs Hypothesis: pip install 'vllm-epdp[fuzz]' (or hypothesis)") from None
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import seed as hypothesis_seed
-    from hypothesis.database import DirectoryBasedExampleDatabase
-
     from vllm_epdp.cache import cache_root
     from vllm_epdp.fuzz.offline import OfflineSession
     from vllm_epdp.fuzz.schedule import Schedule
     from vllm_epdp.fuzz.session import Session
-    from vllm_epdp.fuzz.strategies import schedules
     from vllm_epdp.fuzz.targets import target
     from vllm_epdp.harness import tiny_models
 
+    _need_hypothesis()
     started = time.monotonic()
     chosen = target(target_name)
     cache = cache_root()
@@ -178,33 +168,21 @@ def fuzz(
                 raise AssertionError("\n".join(outcome.problems))
 
         if replay is not None:
-            try:
+            with contextlib.suppress(AssertionError):
                 check(Schedule.load(replay))
-            except AssertionError:
-                pass
         else:
-            run = settings(
-                max_examples=examples,
-                deadline=None,
-                database=DirectoryBasedExampleDatabase(str(cache / "fuzz-db" / f"{target_name}-{runner}")),
-                suppress_health_check=list(HealthCheck),
-                print_blob=False,
-            )(hypothesis_seed(seed)(given(schedules(limits))(check)))
-            try:
-                run()
-            except AssertionError:
-                pass  # Hypothesis shrank it; the last failing schedule is the smallest
-            except Exception as exc:  # e.g. Hypothesis' Flaky: failed once, not again
-                problem = f"{type(exc).__name__}: {exc}"
-                if failing:  # keep the schedule that failed: it is the lead to follow
-                    failing[-1] = (failing[-1][0], failing[-1][1] + [problem])
-                else:
-                    failing.append((None, [problem]))
+            database = cache / "fuzz-db" / f"{target_name}-{runner}"
+            problem = _draw_schedules(check, limits, examples, seed, database)
+            if problem and failing:  # keep the schedule that failed: it is the lead to follow
+                failing[-1] = (failing[-1][0], failing[-1][1] + [problem])
+            elif problem:
+                failing.append((None, [problem]))
         report.restarts = session.restarts
         report.runner_seen = session.runner_seen()
         answered = report.schedules > 0 and not failing
         report.overlapped_steps, async_problems = session.async_seen(answered)
 
+    asked = "on" if async_scheduling else "off"
     if failing:
         schedule, problems = failing[-1]
         entry: dict[str, str | list[str]] = {"problems": problems}
@@ -212,16 +190,47 @@ def fuzz(
             path = workdir / f"failure-{target_name}-{runner}-seed{seed}.json"
             schedule.save(path)
             entry["schedule"] = str(path)
-            entry["replay"] = (
-                f"vllm-epdp fuzz --target {target_name} --runner {runner} "
-                f"--async {'on' if async_scheduling else 'off'} --replay {path}"
-            )
+            entry["replay"] = f"vllm-epdp fuzz --target {target_name} --runner {runner} --async {asked} --replay {path}"
         report.failures.append(entry)
     if async_problems:  # the schedules ran, but not in the regime asked for
-        asked = "on" if async_scheduling else "off"
         report.failures.append({"problems": [f"async scheduling {asked} was asked: " + "; ".join(async_problems)]})
     report.wall_s = round(time.monotonic() - started, 1)
     return report
+
+
+def _need_hypothesis() -> None:
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise EpdpError("vllm-epdp fuzz needs Hypothesis: pip install 'vllm-epdp[fuzz]' (or hypothesis)") from None
+
+
+def _draw_schedules(
+    check: Callable[[Schedule], None], limits: Limits, examples: int, seed: int, database: Path
+) -> str | None:
+    """Hypothesis draws up to ``examples`` schedules for ``check`` and shrinks
+    the first that fails (``check`` keeps the failing ones). Returns what went
+    wrong beyond a failing schedule, or None."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from vllm_epdp.fuzz.strategies import schedules
+
+    run = settings(
+        max_examples=examples,
+        deadline=None,
+        database=DirectoryBasedExampleDatabase(str(database)),
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )(hypothesis_seed(seed)(given(schedules(limits))(check)))
+    try:
+        run()
+    except AssertionError:
+        pass  # Hypothesis shrank it; the last failing schedule is the smallest
+    except Exception as exc:  # e.g. Hypothesis' Flaky: failed once, not again
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The offline fuzz targets: vLLM's offline DP (one process per DP rank with
 VLLM_DP_* set, or torchrun with the external launcher), its engines kept up
-across schedules and fed each schedule as waves (vllm_epdp.fuzz.offline_rank).
+across schedules and fed each schedule as waves (vllm_epdp.fuzz.offline_process).
 
 How a schedule reads offline: every request goes to the DP rank it was drawn
 (Request.rank), and a gap of ``wave_gap_s`` or more between two requests ends
@@ -31,8 +31,8 @@ from vllm_epdp.fuzz.targets import MAX_MODEL_LEN
 from vllm_epdp.fuzz.verdict import Verdict, judge
 from vllm_epdp.harness import procs
 from vllm_epdp.harness.cpu_host import cpu_env
-from vllm_epdp.harness.offline_dp import rank_processes, write_spec
-from vllm_epdp.harness.offline_engine import PROGRESS
+from vllm_epdp.harness.offline_dp import rank_processes
+from vllm_epdp.harness.offline_engine import PROGRESS, EngineSpec
 
 SCHEDULE_TIMEOUT_S = 300.0
 START_LIMIT_S = 600.0
@@ -81,38 +81,34 @@ class OfflineSession(SessionBase):
         self.job = 0
         env = model_runners.runner_env(self.runner, cpu_env(self.probe_env(d), t.dp * t.tp, hub_offline=True))
         env.update(VLLM_EPDP_LEDGER=str(d / "ledger"))
-        spec = {
-            "model": self.model,
-            "dtype": "float32",
-            "tp": t.tp,
-            "dp": t.dp,
-            "ep": True,
-            "launcher": "torchrun" if t.topology == "torchrun" else "mp",
-            "max_model_len": MAX_MODEL_LEN,
-            "async_scheduling": self.async_scheduling,
-            "inbox": str(d / "inbox"),
-            "outbox": str(d / "outbox"),
-            "barrier_dir": str(d / "barrier"),
-        }
+        engine = EngineSpec(
+            model=self.model,
+            dtype="float32",
+            tp=t.tp,
+            dp=t.dp,
+            ep=True,
+            launcher="torchrun" if t.topology == "torchrun" else "mp",
+            max_model_len=MAX_MODEL_LEN,
+            barrier_dir=str(d / "barrier"),
+            async_scheduling=self.async_scheduling,
+        )
         for sub in ("inbox", "outbox", "barrier", "ledger"):
             # An earlier session in the same workdir left jobs, answers and
             # ledgers here; the new ranks would read them as their own.
             shutil.rmtree(d / sub, ignore_errors=True)
             (d / sub).mkdir(parents=True)
         specs = rank_processes(
-            t.dp,
-            t.tp,
-            str(spec["launcher"]),
+            engine,
+            {"inbox": str(d / "inbox"), "outbox": str(d / "outbox")},
             env,
-            "vllm_epdp.fuzz.offline_rank",
-            lambda rank: write_spec(d, rank, dict(spec, dp_rank=rank)),
+            ["-m", "vllm_epdp.fuzz.offline_process"],
             d,
         )
         self.logs = [s.log for s in specs]
         # The ranks live as long as the session; the deadline is only a backstop.
         self.group = procs.ProcGroup(t.name, specs, timeout_s=6 * 3600.0).start()
         # Every torchrun process reports its engine; offline "mp" one per DP rank.
-        engines = t.dp * t.tp if spec["launcher"] == "torchrun" else t.dp
+        engines = t.dp * t.tp if engine.launcher == "torchrun" else t.dp
         deadline = time.monotonic() + START_LIMIT_S
         while self._engines_up() < engines:
             if not all(rc is None for rc in self.group.exited().values()):

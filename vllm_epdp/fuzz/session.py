@@ -29,18 +29,9 @@ class Reference:
     the first question (a target that fails at once needs none), and the
     greedy answers it gave, asked once per prompt and max_tokens."""
 
-    def __init__(
-        self,
-        target: Target,
-        model: str,
-        runner: str,
-        workdir: Path,
-        env: dict[str, str],
-        stack: contextlib.ExitStack,
-        say: Callable[[str], None],
-    ) -> None:
-        self.deployment = target.reference(model, runner)
-        self.model, self.workdir, self.env, self.stack, self.say = model, workdir, env, stack, say
+    def __init__(self, session: SessionBase) -> None:
+        self.session = session
+        self.deployment = session.target.reference(session.model, session.runner)
         self.server: serving.Server | None = None
         self.answers: dict[tuple, list[int]] = {}
         self.tops: dict[tuple, list[dict[int, float]]] = {}  # per position, the two most likely tokens
@@ -48,16 +39,17 @@ class Reference:
     def answers_for(self, requests: Iterable[Request]) -> dict[tuple, list[int]]:
         todo = {r.key(): r for r in requests if r.key() not in self.answers}
         if todo and self.server is None:
-            self.say(f"[fuzz] starting the DP=1 reference ({self.deployment.runner})")
-            served = serving.serve(self.deployment, self.workdir / "reference", self.env, ledger=False)
-            self.server = self.stack.enter_context(served)
+            session = self.session
+            session.say(f"[fuzz] starting the DP=1 reference ({self.deployment.runner})")
+            served = serving.serve(self.deployment, session.workdir / "reference", session.env, ledger=False)
+            self.server = session.stack.enter_context(served)
 
         server = self.server
 
         def ask(req: Request) -> tuple[tuple, client.Answer]:
             assert server is not None  # started above whenever there is a request to ask
             plain = Request(0.0, req.prompt, req.max_tokens)  # n=1, not streamed, never aborted
-            return req.key(), client.send(server.url, self.model, plain, REQUEST_TIMEOUT_S, top=2)
+            return req.key(), client.send(server.url, self.session.model, plain, REQUEST_TIMEOUT_S, top=2)
 
         with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(todo)))) as pool:
             for key, answer in pool.map(ask, todo.values()):
@@ -94,7 +86,7 @@ class SessionBase:
         self.workdir, self.env, self.say = workdir, env, say
         self.async_scheduling = async_scheduling
         self.stack = contextlib.ExitStack()
-        self.reference = Reference(target, model, runner, workdir, env, self.stack, say)
+        self.reference = Reference(self)
         self.restarts = 0
         self.logs: list[Path] = []  # the target's logs, for runner_seen()
         self.probe_dirs: list[Path] = []  # the async probe's directory of every target start

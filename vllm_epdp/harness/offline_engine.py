@@ -50,31 +50,57 @@ class Place:
     writer: bool  # writes its DP rank's results (with TP > 1 under torchrun, one process per DP rank does)
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """The engine one offline process starts: the fields of every offline
+    spec file (verify's, the offline fuzz targets', the tests'). Each command
+    adds its own fields beside these (verify: scenarios and out; fuzz: inbox
+    and outbox); ``start_engine`` reads only these."""
+
+    model: str
+    dtype: str
+    tp: int
+    dp: int
+    ep: bool
+    launcher: str  # "mp": a process per DP rank (vLLM's offline DP); "torchrun": external launcher
+    max_model_len: int
+    barrier_dir: str
+    async_scheduling: bool | None = None  # None: vLLM's default
+    dp_rank: int | None = None  # None under torchrun: vLLM takes it from the launcher
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> EngineSpec:
+        """The engine fields of a spec file's contents."""
+        return cls(**{f.name: spec[f.name] for f in dataclasses.fields(cls) if f.name in spec})
+
+
 def start_engine(spec: dict[str, Any]) -> tuple[Any, Place]:  # (vllm.LLM, Place)
-    """The engine of ``spec`` (model, dtype, tp, dp, dp_rank, ep, launcher,
-    max_model_len) and this process's Place. Under torchrun vLLM takes the DP
-    rank from the launcher (external_launcher); otherwise from the VLLM_DP_*
-    environment the parent set."""
+    """The engine of a spec file's contents (see EngineSpec) and this
+    process's Place. Under torchrun vLLM takes the DP rank from the launcher
+    (external_launcher); otherwise from the VLLM_DP_* environment the parent
+    set."""
     from vllm import LLM
 
+    engine = EngineSpec.of(spec)
     kwargs = dict(
-        model=spec["model"],
-        dtype=spec["dtype"],
-        tensor_parallel_size=spec["tp"],
-        enable_expert_parallel=spec["ep"],
+        model=engine.model,
+        dtype=engine.dtype,
+        tensor_parallel_size=engine.tp,
+        enable_expert_parallel=engine.ep,
         enforce_eager=True,
-        max_model_len=spec["max_model_len"],
+        max_model_len=engine.max_model_len,
         seed=0,
     )
-    if spec.get("async_scheduling") is not None:  # else vLLM's default
-        kwargs["async_scheduling"] = spec["async_scheduling"]
-    if spec["launcher"] == "torchrun":
-        kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=spec["dp"])
+    if engine.async_scheduling is not None:  # else vLLM's default
+        kwargs["async_scheduling"] = engine.async_scheduling
+    if engine.launcher == "torchrun":
+        kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=engine.dp)
         llm = LLM(**kwargs)
         rank = int(os.environ["RANK"])
         dp_rank = llm.llm_engine.vllm_config.parallel_config.data_parallel_rank
-        return llm, Place(dp_rank, rank, int(os.environ["WORLD_SIZE"]), rank % spec["tp"] == 0)
-    return LLM(**kwargs), Place(spec["dp_rank"], spec["dp_rank"], spec["dp"], True)
+        return llm, Place(dp_rank, rank, int(os.environ["WORLD_SIZE"]), rank % engine.tp == 0)
+    dp_rank = engine.dp_rank or 0
+    return LLM(**kwargs), Place(dp_rank, dp_rank, engine.dp, True)
 
 
 def generate_wave(llm: Any, prompts: list, params: list) -> list:  # llm: vllm.LLM

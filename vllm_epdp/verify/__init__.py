@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +24,13 @@ from pathlib import Path
 from vllm_epdp import model_runners
 from vllm_epdp.errors import EpdpError
 from vllm_epdp.patching import vllm_tree
+from vllm_epdp.patching.log import to_stderr
 from vllm_epdp.verify import plan as plan_mod
 from vllm_epdp.verify.args import add_arguments, make_plan
 from vllm_epdp.verify.assess import assess
 from vllm_epdp.verify.table import format_table
 
 __all__ = ["add_arguments", "run"]
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _vllm_location() -> dict:
@@ -57,7 +53,7 @@ def _build_models(plan: plan_mod.Plan) -> None:
         if key in ("qwen3-moe", "qwen3-next"):
             t0 = time.monotonic()
             tiny_models.build(key, model.path)
-            _say(f"[verify] model {key} ready in {model.path} ({time.monotonic() - t0:.1f} s)")
+            to_stderr(f"[verify] model {key} ready in {model.path} ({time.monotonic() - t0:.1f} s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         watch=args.deep or not args.model,  # the hooks cost a host sync per layer: opt-in on real models
         ledger=args.ledger,
-        say=_say,
+        say=to_stderr,
     )
-    _say(f"[verify] vLLM {vllm_info['version']} at {vllm_info['location']}; logs in {workroot}")
+    to_stderr(f"[verify] vLLM {vllm_info['version']} at {vllm_info['location']}; logs in {workroot}")
     # Targets first: a target that crashes needs no reference, so a broken
     # setup fails fast. A model's reference runs only if one of its targets
     # produced output to compare.
@@ -96,14 +92,14 @@ def run(args: argparse.Namespace) -> int:
             for res in results.values()
             if (res.config.model, res.config.runner) == (config.model, config.runner)
         ):
-            _say(f"[verify] {config.key}: skipped, no target of {model.key} produced output")
+            to_stderr(f"[verify] {config.key}: skipped, no target of {model.key} produced output")
             continue
         workdir = workroot / config.key
         shutil.rmtree(workdir, ignore_errors=True)
         run_fn = server.run_server if config.launcher == "serve" else offline.run_offline
         result = run_fn(config, model, scenarios, workdir, settings)
         results[config.key] = result
-        _say(f"[verify] {config.key}: {'done' if result.ok else 'FAILED'} ({result.wall_s:.0f} s)")
+        to_stderr(f"[verify] {config.key}: {'done' if result.ok else 'FAILED'} ({result.wall_s:.0f} s)")
     references = {(r.config.model, r.config.runner): r for r in results.values() if r.config.reference}
     rows = []
     for config, _ in runs:  # table order: references first
@@ -135,5 +131,5 @@ def run(args: argparse.Namespace) -> int:
     if report["ok"] and not args.keep_logs:
         shutil.rmtree(workroot, ignore_errors=True)
     elif not report["ok"]:
-        _say(f"[verify] logs kept in {workroot}")
+        to_stderr(f"[verify] logs kept in {workroot}")
     return 0 if report["ok"] else 1

@@ -65,24 +65,12 @@ def assess(
         row["problems"].append(result.error)
         return row
     if watch:
-        bad_real, bad_pad = watch["real_nonfinite_rows"], watch["pad_nonfinite_rows"]
-        if bad_real or (deep and bad_pad):
-            where = ", ".join(
-                f"{name} (real {e['real_nonfinite_rows']}, pad {e['pad_nonfinite_rows']}, "
-                f"first at step {e['first_step']})"
-                for name, e in sorted(watch["modules"].items())
-                if e["real_nonfinite_rows"] or e["pad_nonfinite_rows"]
-            )
-            row["problems"].append(f"non-finite rows: {bad_real} real, {bad_pad} padding; {where}")
+        row["problems"].extend(nonfinite_problems(watch, deep))
     # A single rank (the DP=1 reference) posts no collective: its ledger has
     # nothing to compare, and an empty ledger reads as a problem.
     if ledger and config.dp * config.tp > 1:
-        from vllm_epdp.diagnostics import ledger as collective_ledger
-
-        ledger_dir = result.workdir / "ledger"
-        mismatches = collective_ledger.compare(ledger_dir) if ledger_dir.exists() else ["no ledger was written"]
-        row["ledger_problems"] = mismatches
-        row["problems"].extend(f"collective ledger: {m}" for m in mismatches)
+        row["ledger_problems"] = ledger_problems(result.workdir / "ledger")
+        row["problems"].extend(f"collective ledger: {m}" for m in row["ledger_problems"])
     if config.reference:
         # The reference is checked only for being finite and complete.
         for scenario, outputs in result.outputs.items():
@@ -97,24 +85,49 @@ def assess(
         row["problems"].append("no usable DP=1 reference run (see its row)")
         return row
     for scenario in result.scenarios:
-        verdict = compare.compare_runs(
-            reference.outputs.get(scenario, {}), result.outputs.get(scenario, {}), model.mode, tolerance
+        add_scenario(
+            row, scenario, reference.outputs.get(scenario, {}), result.outputs.get(scenario, {}), model, tolerance
         )
-        row["scenarios"][scenario] = {
-            "ok": verdict.ok,
-            "tokens_matched": verdict.tokens_matched,
-            "tokens_total": verdict.tokens_total,
-            "max_logprob_diff": verdict.max_diff,
-            "nonfinite_logprobs": verdict.nonfinite,
-            "problems": verdict.problems,
-        }
-        row["tokens_matched"] += verdict.tokens_matched
-        row["tokens_total"] += verdict.tokens_total
-        row["max_logprob_diff"] = max(row["max_logprob_diff"], verdict.max_diff)
-        row["nonfinite_logprobs"] += verdict.nonfinite
-        row["problems"].extend(f"{scenario}: {p}" for p in verdict.problems)
     row["verdict"] = "PASS" if not row["problems"] else "FAIL"
     return row
+
+
+def nonfinite_problems(watch: dict, deep: bool) -> list[str]:
+    """What nan_watch's summary says is wrong: non-finite real rows, and with
+    ``deep`` non-finite padding rows too, named by module and first step."""
+    bad_real, bad_pad = watch["real_nonfinite_rows"], watch["pad_nonfinite_rows"]
+    if not (bad_real or (deep and bad_pad)):
+        return []
+    where = ", ".join(
+        f"{name} (real {e['real_nonfinite_rows']}, pad {e['pad_nonfinite_rows']}, first at step {e['first_step']})"
+        for name, e in sorted(watch["modules"].items())
+        if e["real_nonfinite_rows"] or e["pad_nonfinite_rows"]
+    )
+    return [f"non-finite rows: {bad_real} real, {bad_pad} padding; {where}"]
+
+
+def ledger_problems(ledger_dir: Path) -> list[str]:
+    from vllm_epdp.diagnostics import ledger as collective_ledger
+
+    return collective_ledger.compare(ledger_dir) if ledger_dir.exists() else ["no ledger was written"]
+
+
+def add_scenario(row: dict, scenario: str, expected: dict, got: dict, model: Model, tolerance: float) -> None:
+    """Compare one scenario's outputs with the reference's; add it to ``row``."""
+    verdict = compare.compare_runs(expected, got, model.mode, tolerance)
+    row["scenarios"][scenario] = {
+        "ok": verdict.ok,
+        "tokens_matched": verdict.tokens_matched,
+        "tokens_total": verdict.tokens_total,
+        "max_logprob_diff": verdict.max_diff,
+        "nonfinite_logprobs": verdict.nonfinite,
+        "problems": verdict.problems,
+    }
+    row["tokens_matched"] += verdict.tokens_matched
+    row["tokens_total"] += verdict.tokens_total
+    row["max_logprob_diff"] = max(row["max_logprob_diff"], verdict.max_diff)
+    row["nonfinite_logprobs"] += verdict.nonfinite
+    row["problems"].extend(f"{scenario}: {p}" for p in verdict.problems)
 
 
 def ran_runner(workdir: Path, watch: dict | None) -> str | None:

@@ -1,6 +1,6 @@
 """Verify one configuration offline: start its ranks, watch them, collect their outputs.
 
-The processes come from harness.offline_dp (a ``verify/rank.py`` process per
+The processes come from harness.offline_dp (a ``verify/offline_process.py`` process per
 DP rank in vLLM's offline DP pattern, or one torchrun of every rank under the
 external launcher); each runs verify's scenarios in one engine. The group runs
 under procs.ProcGroup: hard deadline, stacks of every process on a hang,
@@ -19,8 +19,8 @@ from pathlib import Path
 from vllm_epdp import model_runners
 from vllm_epdp.harness import procs
 from vllm_epdp.harness.cpu_host import cpu_env
-from vllm_epdp.harness.offline_dp import rank_processes, write_spec
-from vllm_epdp.harness.offline_engine import PROGRESS
+from vllm_epdp.harness.offline_dp import rank_processes
+from vllm_epdp.harness.offline_engine import PROGRESS, EngineSpec
 from vllm_epdp.verify.plan import Config, Model
 from vllm_epdp.verify.scenarios import ALL_SCENARIOS
 
@@ -113,21 +113,27 @@ class ProgressReader:
             )
 
 
-def rank_spec(config: Config, model: Model, scenarios: list[str], workdir: Path, dp_rank: int | None) -> dict:
+def engine_of(config: Config, model: Model, workdir: Path, async_scheduling: bool | None) -> EngineSpec:
+    return EngineSpec(
+        model=model.path,
+        dtype=model.dtype,
+        tp=config.tp,
+        dp=config.dp,
+        ep=config.ep,
+        launcher=config.launcher,
+        max_model_len=MAX_MODEL_LEN,
+        barrier_dir=str(workdir / "barrier"),
+        async_scheduling=async_scheduling,
+    )
+
+
+def scenarios_of(config: Config, scenarios: list[str], workdir: Path) -> dict:
+    """What verify's process reads beside the engine (verify/offline_process.py)."""
     return {
-        "model": model.path,
-        "dtype": model.dtype,
-        "tp": config.tp,
-        "dp": config.dp,
-        "dp_rank": dp_rank,
-        "ep": config.ep,
-        "launcher": config.launcher,
-        "max_model_len": MAX_MODEL_LEN,
         "logprobs": LOGPROBS,
         # The reference runs every request on its one rank, in the same waves.
         "scenarios": [ALL_SCENARIOS[s].to_json(config.dp) for s in scenarios],
         "out": str(workdir / "out" / "rank{rank}.json"),
-        "barrier_dir": str(workdir / "barrier"),
     }
 
 
@@ -135,16 +141,10 @@ def run_offline(config: Config, model: Model, scenarios: list[str], workdir: Pat
     workdir.mkdir(parents=True, exist_ok=True)
     env = base_env(config, model, settings, workdir)
     specs = rank_processes(
-        config.dp,
-        config.tp,
-        config.launcher,
+        engine_of(config, model, workdir, settings.async_scheduling),
+        scenarios_of(config, scenarios, workdir),
         env,
-        "vllm_epdp.verify.rank",
-        lambda rank: write_spec(
-            workdir,
-            rank,
-            dict(rank_spec(config, model, scenarios, workdir, rank), async_scheduling=settings.async_scheduling),
-        ),
+        ["-m", "vllm_epdp.verify.offline_process"],
         workdir,
     )
     settings.say(

@@ -6,7 +6,7 @@ rank into *waves* (one ``generate()`` call each). DP ranks start every wave
 together (a barrier): vLLM's offline DP pattern has no coordinator to wake an
 engine whose front-end submitted nothing, so a rank that starts work after its
 peers went idle, or never submits anything, hangs the others (vLLM's own
-example gives such ranks a placeholder prompt; verify/rank.py does the same
+example gives such ranks a placeholder prompt; verify/offline_process.py does the same
 with a 1-token request that is not compared). Within a wave, requests finish at
 different times (different max_tokens), so ranks go idle (dummy steps) and
 busy again at the next wave. Truly idle engines (never a request) are covered

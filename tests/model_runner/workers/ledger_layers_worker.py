@@ -21,7 +21,7 @@ from vllm_epdp.diagnostics import ledger
 
 @contextlib.contextmanager
 def vllm_groups(rank: int, world_size: int, tp: int, timeout_s: int | None = None):
-    """vLLM's parallel state on the gloo world rank_function made: TP = tp,
+    """vLLM's parallel state on the gloo world function_process made: TP = tp,
     DP = world_size / tp, EP on; its groups time out after ``timeout_s``."""
     from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
     from vllm.distributed.parallel_state import init_distributed_environment, initialize_model_parallel

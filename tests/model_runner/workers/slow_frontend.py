@@ -1,4 +1,4 @@
-"""One DP rank of vllm_epdp.verify.rank behind a slow offline front-end.
+"""One DP rank of vllm_epdp.verify.offline_process behind a slow offline front-end.
 
 argv: GAP_S SPEC.json
 SyncMPClient.add_request waits GAP_S seconds after sending each request, as
@@ -20,7 +20,7 @@ def main(gap_s: float, spec_path: str) -> int:
     # with spawn, which imports this file again as __mp_main__.
     from vllm.v1.engine.core_client import SyncMPClient
 
-    from vllm_epdp.verify import rank
+    from vllm_epdp.verify import offline_process
 
     send = SyncMPClient.add_request
 
@@ -29,7 +29,7 @@ def main(gap_s: float, spec_path: str) -> int:
         time.sleep(gap_s)
 
     SyncMPClient.add_request = add_request_then_wait
-    return rank.main(spec_path)
+    return offline_process.main(spec_path)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Inside one rank of ranks.run_ranks with a function target: join the gloo group, call the function.
 
-    python -m vllm_epdp.harness.rank_function FILE.py:NAME HANG_S KWARGS_JSON STORE
+    python -m vllm_epdp.harness.function_process FILE.py:NAME HANG_S KWARGS_JSON STORE
 
 RANK and WORLD_SIZE come from the environment (ranks.run_ranks sets them).
 The function is called as ``NAME(rank, world_size, **kwargs)``; the rank

@@ -2,7 +2,7 @@
 runs schedule after schedule, as a user's offline DP script would run batch
 after batch.
 
-    python -m vllm_epdp.fuzz.offline_rank SPEC.json
+    python -m vllm_epdp.fuzz.offline_process SPEC.json
 
 SPEC (written by vllm_epdp.fuzz.offline): what
 vllm_epdp.harness.offline_engine.start_engine takes, plus ``inbox`` (the parent writes job ``<k>.json`` there,

@@ -1,7 +1,7 @@
 """One verify process: a DP rank (vLLM's offline data-parallel pattern), the
 DP=1 reference, a TP>1 engine, or one torchrun rank (external launcher).
 
-    python -m vllm_epdp.verify.rank SPEC.json
+    python -m vllm_epdp.verify.offline_process SPEC.json
 
 SPEC (written by verify/offline.py): model, dtype, tp, dp, dp_rank, ep,
 launcher ("mp" | "torchrun"), max_model_len, optionally async_scheduling
