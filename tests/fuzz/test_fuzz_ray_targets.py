@@ -1,8 +1,10 @@
 """The Ray fuzz targets on real vLLM servers (patch 0015), a few fixed seeds
 each: every drawn schedule must pass and the runner asked for must be the one
-that ran. The slower tier only (``full``): CI covers Ray serving once in
-tests/topologies/test_ray_serve.py. The Ray campaign is
-benchmarks/fuzz_campaign.py with the serve-ray-* targets."""
+that ran. CI runs the two-node target (a Ray head and a Ray worker node in two
+network namespaces, async on: Ray DP, the second node and the async probe of
+Ray actors at once); the one-host targets are in the slower tier (``full``):
+CI serves one host under Ray once in tests/topologies/test_ray_serve.py. The
+Ray campaign is benchmarks/fuzz_campaign.py with the serve-ray-* targets."""
 
 from __future__ import annotations
 
@@ -13,19 +15,20 @@ import pytest
 
 from vllm_epdp import fuzz
 
-pytestmark = [pytest.mark.e2e, pytest.mark.full, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+FULL = pytest.mark.full
 
 
 @pytest.mark.parametrize(
     ("target", "runner", "examples", "seed"),
     [
-        ("serve-ray-dp2-ep", "v1", 5, 1),
-        ("serve-ray-tp2-dp2-ep", "v1", 3, 2),
-        ("serve-ray-legacy-tp2-dp2-ep", "v1", 3, 3),
+        pytest.param("serve-ray-dp2-ep", "v1", 5, 1, marks=FULL),
+        pytest.param("serve-ray-tp2-dp2-ep", "v1", 3, 2, marks=FULL),
+        pytest.param("serve-ray-legacy-tp2-dp2-ep", "v1", 3, 3, marks=FULL),
         pytest.param(
             "serve-ray-multinode-dp2-ep",
             "v1",
-            3,
+            2,
             4,
             marks=pytest.mark.skipif(
                 os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"
