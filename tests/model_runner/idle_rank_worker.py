@@ -22,7 +22,7 @@ from vllm_epdp.diagnostics import ledger
 model_dir, ledger_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ledger.install(ledger_dir)
 
-import vllm_dist  # noqa: E402
+import vllm_dp_world  # noqa: E402
 from vllm.config import set_current_vllm_config  # noqa: E402
 from vllm.distributed.kv_transfer.kv_connector.utils import (  # noqa: E402
     get_current_attn_backends,
@@ -41,7 +41,7 @@ from vllm.v1.core.kv_cache_utils import get_kv_cache_configs  # noqa: E402
 from vllm.v1.core.sched.output import SchedulerOutput  # noqa: E402
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner  # noqa: E402
 
-rank, world = vllm_dist.RANK, vllm_dist.WORLD
+rank, world = vllm_dp_world.RANK, vllm_dp_world.WORLD
 args = EngineArgs(
     model=model_dir,
     dtype="float32",
@@ -98,5 +98,5 @@ with set_current_vllm_config(config):
         except Exception as exc:  # the peer never joined: gloo times out
             result[backend + "_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         result[backend] = done
-vllm_dist.write_result(result)
+vllm_dp_world.write_result(result)
 os._exit(0)  # a timed-out gloo group cannot be torn down cleanly

@@ -8,7 +8,7 @@ Rank 2 still joins the gloo all-reduce here, with no tokens, as a dead rank's
 slot holds none; what it computes for itself is not looked at. Writes, per
 phase, [this rank's row count, DPSyncState.num_tokens_across_dp] per step."""
 
-import vllm_dist
+import vllm_dp_world
 from vllm.distributed.parallel_state import get_dp_group
 from vllm.v1.worker.gpu.dp_utils import dispatch_cg_and_sync_dp
 
@@ -16,7 +16,7 @@ DEAD = 2
 ALIVE_STEPS = [[37, 1, 5], [1, 512, 3]]
 DEAD_STEPS = [[37, 1, 0], [1, 512, 0]]
 
-config = vllm_dist.init(enable_expert_parallel=True)
+config = vllm_dp_world.init(enable_expert_parallel=True)
 pc = config.parallel_config
 result = {"alive": [], "dead_rank": []}
 
@@ -25,10 +25,10 @@ def sync(counts):
     desc, state = dispatch_cg_and_sync_dp(
         None,
         1,
-        counts[vllm_dist.RANK],
+        counts[vllm_dp_world.RANK],
         None,
-        vllm_dist.WORLD,
-        vllm_dist.RANK,
+        vllm_dp_world.WORLD,
+        vllm_dp_world.RANK,
         need_eager=True,
         parallel_config=pc,
     )
@@ -41,4 +41,4 @@ pc.enable_fault_tolerance = True
 get_dp_group().dead_dp_ranks = {DEAD}
 for counts in DEAD_STEPS:
     result["dead_rank"].append(sync(counts))
-vllm_dist.write_result(result)
+vllm_dp_world.write_result(result)
