@@ -16,17 +16,23 @@ from vllm_epdp.diagnostics import ledger
 
 ROUNDS = 100
 
-ledger.install(sys.argv[1])
-dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
-names, ids, reused = [], set(), 0
-for _ in range(ROUNDS):
-    group = dist.new_group([0, 1])
-    names.append(group.group_name)
-    reused += id(group) in ids
-    ids.add(id(group))
-    dist.all_reduce(torch.ones(2), group=group)
-    dist.destroy_process_group(group)
-    del group  # no reference left: its memory is free for the next group
-dist.destroy_process_group()
-with open(os.environ["EPDP_RESULT"], "w") as f:
-    json.dump({"names": names, "reused_ids": reused}, f)
+
+def main() -> None:
+    ledger.install(sys.argv[1])
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    names, ids, reused = [], set(), 0
+    for _ in range(ROUNDS):
+        group = dist.new_group([0, 1])
+        names.append(group.group_name)
+        reused += id(group) in ids
+        ids.add(id(group))
+        dist.all_reduce(torch.ones(2), group=group)
+        dist.destroy_process_group(group)
+        del group  # no reference left: its memory is free for the next group
+    dist.destroy_process_group()
+    with open(os.environ["EPDP_RESULT"], "w") as f:
+        json.dump({"names": names, "reused_ids": reused}, f)
+
+
+if __name__ == "__main__":
+    main()
