@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "collectives"))
 
-import rank_core  # noqa: E402  (torch-only)
+import packed_core_worker  # noqa: E402  (torch-only)
 
 from vllm_epdp.harness.packed_core import materialise_core  # noqa: E402
 
@@ -47,7 +47,7 @@ def run_checks(rank: int, world_size: int, core: str, device: str) -> bool:
     ok = True
     for title, fn, kwargs in CHECKS:
         try:
-            getattr(rank_core, fn)(rank, world_size, core, device=device, **kwargs)
+            getattr(packed_core_worker, fn)(rank, world_size, core, device=device, **kwargs)
             status = "PASS"
         except Exception:  # report and go on: every check runs
             status = "FAIL"

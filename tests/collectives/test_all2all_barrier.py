@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vllm_epdp.harness.ranks import run_ranks
 
-RANK_ALL2ALL = str(Path(__file__).parent / "rank_all2all.py")
+WORKER = str(Path(__file__).parent / "all2all_worker.py")
 
 # (setting, platform faked as XPU, barriers expected for 3 MoE collectives)
 SCENARIOS = [
@@ -27,7 +27,7 @@ SCENARIOS = [
 
 def _run(env, scenarios, workdir):
     run = run_ranks(
-        f"{RANK_ALL2ALL}:agrs_barriers",
+        f"{WORKER}:agrs_barriers",
         2,
         workdir,
         env=env,

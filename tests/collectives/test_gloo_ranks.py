@@ -8,12 +8,12 @@ import pytest
 
 from vllm_epdp.harness.ranks import run_ranks
 
-CHECKS = str(Path(__file__).parent / "rank_launcher_checks.py")
+WORKER = str(Path(__file__).parent / "gloo_ranks_worker.py")
 
 
 @pytest.mark.timeout(120)  # a launcher that ignored its deadline fails here
 def test_hang_dumps_stacks_and_kills(tmp_path):
-    run = run_ranks(f"{CHECKS}:rank1_skips_collective", 2, tmp_path, timeout_s=20)
+    run = run_ranks(f"{WORKER}:rank1_skips_collective", 2, tmp_path, timeout_s=20)
     assert not any(rc == 0 for rc in run.returncodes), run.describe()
     # Both ranks' Python stacks are in the report: the waiting collective and
     # the sleeping peer.
@@ -22,7 +22,7 @@ def test_hang_dumps_stacks_and_kills(tmp_path):
 
 
 def test_dead_peer_fails_fast(tmp_path):
-    run = run_ranks(f"{CHECKS}:rank1_raises", 2, tmp_path, timeout_s=120)
+    run = run_ranks(f"{WORKER}:rank1_raises", 2, tmp_path, timeout_s=120)
     assert "rank 1 failed on purpose" in run.outputs[1]
     # Rank 0 ended because its peer died (gloo saw the connection close, or
     # the launcher killed it after its stack dump), not at its own hang timer

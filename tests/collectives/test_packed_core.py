@@ -14,12 +14,12 @@ import pytest
 
 from vllm_epdp.harness.ranks import run_ranks
 
-RANK_CORE = str(Path(__file__).parent / "rank_core.py")
+WORKER = str(Path(__file__).parent / "packed_core_worker.py")
 WORLD_SIZES = [2, 4]
 
 
 def _run(workdir, fn: str, world_size: int, core: str, timeout_s: float = 180, **args):
-    run = run_ranks(f"{RANK_CORE}:{fn}", world_size, workdir, kwargs={"core": core, **args}, timeout_s=timeout_s)
+    run = run_ranks(f"{WORKER}:{fn}", world_size, workdir, kwargs={"core": core, **args}, timeout_s=timeout_s)
     assert run.ok, run.describe()
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from vllm_epdp.harness.ranks import run_ranks
 
-RANK_COMM = str(Path(__file__).parent / "rank_comm.py")
+WORKER = str(Path(__file__).parent / "communicator_worker.py")
 
 
 def _run(fn, world_size, env, workdir, timeout_s=240):
-    return run_ranks(f"{RANK_COMM}:{fn}", world_size, workdir, env=env, timeout_s=timeout_s)
+    return run_ranks(f"{WORKER}:{fn}", world_size, workdir, env=env, timeout_s=timeout_s)
 
 
 def _run_ok(fn, world_size, env, workdir, timeout_s=240):

@@ -12,7 +12,7 @@ from vllm_epdp.diagnostics import ledger
 from vllm_epdp.harness import cpu_host, offline_dp, procs
 from vllm_epdp.harness.offline_engine import EngineSpec
 
-SLOW_FRONTEND = Path(__file__).parent / "workers" / "slow_frontend.py"
+SLOW_FRONTEND = Path(__file__).parent / "slow_frontend_worker.py"
 PROMPT = "The quick brown fox jumps over the lazy dog. "
 
 
@@ -40,7 +40,7 @@ def run_schedule(
     then costs engine start + stall_s, not the whole timeout_s).
 
     frontend_gap_s: each rank's front-end waits this long after sending each
-    request (workers/slow_frontend.py), so that a batch reaches the engine
+    request (slow_frontend_worker.py), so that a batch reaches the engine
     spread over several steps.
 
     nan_fill: every torch.empty buffer of the vLLM processes starts as NaN

@@ -9,11 +9,11 @@ from vllm_epdp import model_runners
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(300)
-WORKERS = Path(__file__).parent / "workers"
+HERE = Path(__file__).parent
 
 
 def _decisions(env, platform, tmp_path):
-    run = run_ranks(WORKERS / "async_config_worker.py", 1, tmp_path / platform, env=env, args=[platform], timeout_s=240)
+    run = run_ranks(HERE / "async_config_worker.py", 1, tmp_path / platform, env=env, args=[platform], timeout_s=240)
     assert run.ok, run.describe()
     return run.results[0]
 

@@ -8,13 +8,13 @@ import pytest
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(400)
-WORKERS = Path(__file__).parent / "workers"
+HERE = Path(__file__).parent
 
 STEPS = [[37, 1], [1, 512], [5, 5]]
 
 
 def _run(env, tmp_path):
-    run = run_ranks(WORKERS / "dp_padding_worker.py", 2, tmp_path, env=env, timeout_s=300)
+    run = run_ranks(HERE / "dp_padding_worker.py", 2, tmp_path, env=env, timeout_s=300)
     assert run.ok, run.describe()
     return run.results
 

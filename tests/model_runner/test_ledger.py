@@ -11,12 +11,12 @@ from vllm_epdp.diagnostics import ledger
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(180)
-WORKERS = Path(__file__).parent / "workers"
+HERE = Path(__file__).parent
 
 
 def test_ledger_agreeing_ranks(tmp_path):
     out = tmp_path / "ledger"
-    run = run_ranks(WORKERS / "ledger_worker.py", 2, tmp_path, args=["agree", str(out)])
+    run = run_ranks(HERE / "ledger_worker.py", 2, tmp_path, args=["agree", str(out)])
     assert run.ok, run.describe()
     assert ledger.compare(out) == []
     counts = ledger.counts(out)
@@ -38,7 +38,7 @@ def test_ledger_agreeing_ranks(tmp_path):
 
 def test_ledger_finds_the_extra_collective(tmp_path):
     out = tmp_path / "ledger"
-    run = run_ranks(WORKERS / "ledger_worker.py", 2, tmp_path, args=["diverge", str(out)])
+    run = run_ranks(HERE / "ledger_worker.py", 2, tmp_path, args=["diverge", str(out)])
     assert run.ok, run.describe()
     assert run.results[1].get("timed_out"), "rank 1's extra all_reduce should time out"
     report = ledger.compare(out)
@@ -61,7 +61,7 @@ def test_a_destroyed_and_recreated_group_gets_its_own_key(tmp_path):
     the id() of an earlier one): every one is its own group in the ledger,
     with its one all_reduce, not counted as an earlier group's."""
     out = tmp_path / "ledger"
-    run = run_ranks(WORKERS / "ledger_regroup_worker.py", 2, tmp_path, args=[str(out)])
+    run = run_ranks(HERE / "ledger_regroup_worker.py", 2, tmp_path, args=[str(out)])
     assert run.ok, run.describe()
     names = run.results[0]["names"]
     assert names == run.results[1]["names"] and len(set(names)) == 100

@@ -11,7 +11,7 @@ from vllm_epdp.diagnostics import ledger
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(120)
-WORKER = Path(__file__).parent / "workers" / "ledger_fork_worker.py"
+WORKER = Path(__file__).parent / "ledger_fork_worker.py"
 
 
 def test_a_forked_child_gets_its_own_ledger_file(tmp_path):

@@ -16,7 +16,7 @@ from vllm_epdp.diagnostics import ledger
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(120)
-WORKER = str(Path(__file__).parent / "workers" / "ledger_graph_worker.py")
+WORKER = str(Path(__file__).parent / "ledger_graph_worker.py")
 
 
 def test_graph_replays_are_entries_and_a_different_graph_is_named(tmp_path):

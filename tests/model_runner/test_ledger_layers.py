@@ -16,7 +16,7 @@ from vllm_epdp.diagnostics import ledger
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(240)
-WORKER = str(Path(__file__).parent / "workers" / "ledger_layers_worker.py")
+WORKER = str(Path(__file__).parent / "ledger_layers_worker.py")
 DEFAULT_GROUP = "gloo:0,1#0"
 
 

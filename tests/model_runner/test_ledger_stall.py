@@ -16,7 +16,7 @@ from vllm_epdp.errors import EpdpError
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(180)
-WORKER = str(Path(__file__).parent / "workers" / "ledger_stall_worker.py")
+WORKER = str(Path(__file__).parent / "ledger_stall_worker.py")
 STALL_S = 2.0
 
 

@@ -1,6 +1,6 @@
 """Patches 0009 (padding rows stay out of the XPU GDN kernel's view) and 0010
 (padding rows of per-token output buffers are zero), checked at the custom
-ops every DP rank runs; see workers/padding_rows_worker.py for the setup."""
+ops every DP rank runs; see padding_rows_worker.py for the setup."""
 
 from pathlib import Path
 
@@ -9,11 +9,11 @@ import pytest
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(300)
-WORKERS = Path(__file__).parent / "workers"
+HERE = Path(__file__).parent
 
 
 def _run(env, tmp_path) -> dict:
-    run = run_ranks(WORKERS / "padding_rows_worker.py", 1, tmp_path, env=env, timeout_s=240)
+    run = run_ranks(HERE / "padding_rows_worker.py", 1, tmp_path, env=env, timeout_s=240)
     assert run.ok, run.describe()
     return run.results[0]
 

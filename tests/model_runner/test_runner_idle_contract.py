@@ -21,16 +21,16 @@ from vllm_epdp.diagnostics import ledger
 from vllm_epdp.harness.ranks import run_ranks
 
 pytestmark = pytest.mark.timeout(400)
-WORKERS = Path(__file__).parent / "workers"
+HERE = Path(__file__).parent
 STEPS = 30
 
 
 def test_zero_token_step_joins_only_under_external_launcher(series_env, tmp_path):
     model = dense_model.build(tmp_path / "dense")
     env = dict(series_env, EPDP_GLOO_TIMEOUT="20")
-    env["PYTHONPATH"] = f"{WORKERS}:{env['PYTHONPATH']}"
+    env["PYTHONPATH"] = f"{HERE}:{env['PYTHONPATH']}"
     run = run_ranks(
-        WORKERS / "idle_rank_worker.py",
+        HERE / "idle_rank_worker.py",
         2,
         tmp_path,
         env=env,

@@ -29,8 +29,6 @@ import torch
 
 from vllm_epdp.harness.ranks import init_vllm_world
 
-RANK = int(os.environ["RANK"])
-WORLD = int(os.environ["WORLD_SIZE"])
 NUM_EXPERTS, TOP_K, HIDDEN, INTER = 8, 2, 128, 64
 
 
@@ -139,6 +137,7 @@ def preferring(chosen: type):
 def main() -> None:
     from vllm_epdp.harness import cpu_isa
 
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     level = os.environ.get("EPDP_CPU_LEVEL") or cpu_isa.native_level()
     cpu_isa.emulate(level)  # before vLLM loads its kernels
     # What vLLM's CPU worker sets: the TP all-reduce then takes the shared-
@@ -151,7 +150,7 @@ def main() -> None:
 
     config = VllmConfig(
         parallel_config=ParallelConfig(
-            tensor_parallel_size=WORLD,
+            tensor_parallel_size=world,
             enable_expert_parallel=True,
             distributed_executor_backend="external_launcher",
         )
@@ -165,7 +164,7 @@ def main() -> None:
     results = {}
     with set_current_vllm_config(config):
         init_vllm_world()
-        initialize_model_parallel(tensor_model_parallel_size=WORLD)
+        initialize_model_parallel(tensor_model_parallel_size=world)
 
         w13, w2 = full_weights()
         built = 0
@@ -180,7 +179,7 @@ def main() -> None:
                     # The layer is not one this class takes (the arch-specific
                     # kernels need bf16): vLLM fell back, already covered.
                     print(
-                        f"rank {RANK} {dtype}: {chosen.__name__} does not take it, vLLM chose {ran.__name__}",
+                        f"rank {rank} {dtype}: {chosen.__name__} does not take it, vLLM chose {ran.__name__}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -194,7 +193,7 @@ def main() -> None:
                     "experts_class": ran.__name__,
                     "isa": ran.isa,
                 }
-                print(f"rank {RANK} {dtype}: {info}", file=sys.stderr, flush=True)
+                print(f"rank {rank} {dtype}: {info}", file=sys.stderr, flush=True)
                 for name, (x, logits) in scenarios().items():
                     with set_forward_context(None, config, num_tokens=x.size(0)):
                         out = moe(x.to(dtype), logits.to(dtype))
@@ -206,7 +205,7 @@ def main() -> None:
                         "kernel_builds": cpu_isa.loaded_kernel_builds(),
                         **info,
                     }
-                    print(f"rank {RANK} {dtype}: {name} done", file=sys.stderr, flush=True)
+                    print(f"rank {rank} {dtype}: {name} done", file=sys.stderr, flush=True)
     torch.save(results, os.environ["EPDP_RESULT"])
 
 

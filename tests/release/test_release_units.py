@@ -24,9 +24,9 @@ from vllm_epdp.patching.series import load_series
 pytestmark = pytest.mark.timeout(300)
 
 HERE = Path(__file__).resolve().parent
-UNITS_WORKER = HERE / "workers" / "units_worker.py"
-RUNNER_WORKERS = HERE.parent / "model_runner" / "workers"
-ASYNC_WORKER = RUNNER_WORKERS / "async_config_worker.py"
+UNITS_WORKER = HERE / "units_worker.py"
+RUNNER_TESTS = HERE.parent / "model_runner"
+ASYNC_WORKER = RUNNER_TESTS / "async_config_worker.py"
 
 
 def env_for(tree: Path) -> dict:
@@ -165,7 +165,7 @@ def test_v2_dp_sync_pads_under_ep(version, trees, tmp_path):
     series leaves it unpadded (0008's Rebased: paragraph)."""
     steps = [[37, 1], [1, 512], [5, 5]]
     for name, tree in zip(("pristine", "patched"), trees):
-        run = run_ranks(RUNNER_WORKERS / "dp_padding_worker.py", 2, tmp_path / name, env=env_for(tree), timeout_s=240)
+        run = run_ranks(RUNNER_TESTS / "dp_padding_worker.py", 2, tmp_path / name, env=env_for(tree), timeout_s=240)
         assert run.ok, run.describe()
         for rank, r in enumerate(run.results):
             padded = [[max(c), [max(c)] * 2] for c in steps]
@@ -200,7 +200,7 @@ def test_v2_dp_sync_pads_with_a_dead_rank(tmp_path_factory, tmp_path):
     got = {}
     for name, tree in (("pristine", pristine), ("patched", patched), ("as_for_033", as_for_033)):
         run = run_ranks(
-            RUNNER_WORKERS / "dp_sync_dead_rank_worker.py", 3, tmp_path / name, env=env_for(tree), timeout_s=240
+            RUNNER_TESTS / "dp_sync_dead_rank_worker.py", 3, tmp_path / name, env=env_for(tree), timeout_s=240
         )
         assert run.ok, run.describe()
         got[name] = {rank: run.results[rank] for rank in live}

@@ -1,7 +1,7 @@
 """Run a script, or one Python function, as N torch.distributed ranks: one procs group, each rank in its own session.
 
-    run = run_ranks(WORKERS / "ledger_worker.py", 2, tmp_path, env=vllm_patched, args=["agree", out])
-    run = run_ranks("tests/collectives/rank_core.py:gather_matrix", 4, tmp_path, kwargs={"core": core})
+    run = run_ranks(HERE / "ledger_worker.py", 2, tmp_path, env=vllm_patched, args=["agree", out])
+    run = run_ranks("tests/collectives/packed_core_worker.py:gather_matrix", 4, tmp_path, kwargs={"core": core})
     assert run.ok, run.describe()
 
 Every rank gets what torchrun would give it, RANK, WORLD_SIZE, MASTER_ADDR

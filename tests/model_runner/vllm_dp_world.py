@@ -13,10 +13,6 @@ from vllm.distributed.parallel_state import initialize_model_parallel
 from vllm_epdp import model_runners
 from vllm_epdp.harness.ranks import init_vllm_world
 
-RANK = int(os.environ["RANK"])
-WORLD = int(os.environ["WORLD_SIZE"])
-
-
 if not model_runners.has_v1(Path(vllm.__file__).parent):
     # 0.34.0 on: the x86 CPU platform refuses to configure without Triton
     # (CPUModelRunner needs it); these ranks build no runner and run no kernel.
@@ -25,10 +21,19 @@ if not model_runners.has_v1(Path(vllm.__file__).parent):
     vllm.triton_utils.HAS_TRITON = True
 
 
+def rank() -> int:
+    """This rank, as run_ranks set it."""
+    return int(os.environ["RANK"])
+
+
+def world_size() -> int:
+    return int(os.environ["WORLD_SIZE"])
+
+
 def init(enable_expert_parallel: bool = True, **parallel_kwargs) -> VllmConfig:
     pc = ParallelConfig(
-        data_parallel_size=WORLD,
-        data_parallel_rank=RANK,
+        data_parallel_size=world_size(),
+        data_parallel_rank=rank(),
         enable_expert_parallel=enable_expert_parallel,
         distributed_executor_backend="external_launcher",
         **parallel_kwargs,

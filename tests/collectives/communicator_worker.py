@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
 import cases  # noqa: E402
-from rank_core import count_collectives  # noqa: E402
+from packed_core_worker import count_collectives  # noqa: E402
 
 
 def _groups():

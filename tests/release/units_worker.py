@@ -10,20 +10,16 @@ import traceback
 from types import SimpleNamespace
 
 import torch
-import vllm
 
-result = {"vllm_file": vllm.__file__}
+CHECKS = {}  # name -> function, run in this order by main()
 
 
 def check(name):
-    def run(fn):
-        try:
-            result[name] = fn()
-        except Exception as exc:  # the caller asserts on it
-            result[name] = {"error": f"{type(exc).__name__}: {exc}", "where": traceback.format_exc().splitlines()[-3:]}
+    def register(fn):
+        CHECKS[name] = fn
         return fn
 
-    return run
+    return register
 
 
 @check("ep_requires_dp_padding")
@@ -115,5 +111,18 @@ def _():
     }
 
 
-with open(os.environ["EPDP_RESULT"], "w") as f:
-    json.dump(result, f, indent=1)
+def main() -> None:
+    import vllm
+
+    result = {"vllm_file": vllm.__file__}
+    for name, fn in CHECKS.items():
+        try:
+            result[name] = fn()
+        except Exception as exc:  # the caller asserts on it
+            result[name] = {"error": f"{type(exc).__name__}: {exc}", "where": traceback.format_exc().splitlines()[-3:]}
+    with open(os.environ["EPDP_RESULT"], "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

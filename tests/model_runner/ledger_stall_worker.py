@@ -15,7 +15,6 @@ import os
 import threading
 
 import torch
-from ledger_layers_worker import vllm_groups
 
 from vllm_epdp.diagnostics import ledger
 
@@ -24,6 +23,8 @@ SLEEPER = "ledger-test-sleeper"
 
 
 def stalled_collective(rank: int, world_size: int, ledger_dir: str, stall_s: float) -> None:
+    # A sibling on the rank's sys.path (function_process puts this folder first).
+    from ledger_layers_worker import vllm_groups
     from vllm.distributed.parallel_state import get_dp_group, get_ep_group
 
     ledger.install(ledger_dir, stall_s=stall_s)
