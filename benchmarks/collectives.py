@@ -29,7 +29,7 @@ forward pass (--no-inference-mode to compare; views cost more without). Only tor
 
     python benchmarks/collectives.py --backend gloo --world-sizes 2 4
     python benchmarks/collectives.py --backend nccl --world-sizes 2 \\
-        --json docs/collectives-nccl.json
+        --json docs/collectives-nccl-h200.json
 
 The core is materialised from patches/v0.32.0/0002-*.patch with git apply
 (vllm_epdp.harness.packed_core: vllm-epdp installed, or PYTHONPATH at the repository),

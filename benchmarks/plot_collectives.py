@@ -1,8 +1,7 @@
 """Plot benchmarks/collectives.py JSON results: one panel per backend and
 world size, median us per call against rows per rank (log-log).
 
-    python benchmarks/plot_collectives.py docs/collectives-gloo.json \\
-        docs/collectives-nccl.json -o docs/collectives.png
+    python benchmarks/plot_collectives.py docs/collectives-nccl-h200.json -o docs/collectives-nccl-h200.png
 
 Needs matplotlib (not a dependency of this project: pip install matplotlib).
 """
