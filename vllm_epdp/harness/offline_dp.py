@@ -1,13 +1,13 @@
 """Start the processes of one offline engine: a process per DP rank in vLLM's
 offline data-parallel pattern, or one torchrun of every rank.
 
-Offline DP ("mp" launcher): ``python -m MODULE SPEC`` per DP rank, with the
-VLLM_DP_* environment vLLM reads when the engine is created; with DP=1 one
-process (TP>1 makes vLLM start its workers). torchrun: one ``torchrun
---nproc-per-node=DP*TP`` running MODULE in every process (external
-launcher). MODULE starts harness.offline_engine's engine from the spec file's
-EngineSpec fields; verify, the offline fuzz targets and the tests each bring
-their own MODULE and their own fields beside those.
+Offline DP ("mp" launcher): ``python ENTRY SPEC`` per DP rank (ENTRY: ``-m
+MODULE``, or a script), with the VLLM_DP_* environment vLLM reads when the
+engine is created; with DP=1 one process (TP>1 makes vLLM start its workers).
+torchrun: one ``torchrun --nproc-per-node=DP*TP`` running ENTRY in every
+process (external launcher). ENTRY starts harness.offline_engine's engine
+from the spec file's EngineSpec fields; verify, the offline fuzz targets and
+the tests each bring their own ENTRY and their own fields beside those.
 """
 
 from __future__ import annotations
