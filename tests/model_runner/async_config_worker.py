@@ -1,12 +1,13 @@
 """Construct real VllmConfigs for DP/EP combinations and report the async
 scheduling decision and the log lines that explain it.
 
-platform "cuda-like": the decision a CUDA/XPU platform gets. Unpatched,
-the CPU platform forces async scheduling off *after* VllmConfig's own
-decision (platforms/cpu.py check_and_update_config), so that one override is
-undone; patched (0014), VllmConfig itself keeps it off by default on CPU, so
-VllmConfig is told the platform is not a CPU. platform "cpu": the real CPU
-flow, untouched.
+platform "cuda-like": the decision a CUDA platform gets. Unpatched, the
+CPU platform forces async scheduling off *after* VllmConfig's own decision
+(platforms/cpu.py check_and_update_config), so that one override is undone;
+patched (0014), VllmConfig itself keeps it off by default on CPU, so
+VllmConfig is told the platform is not a CPU. platform "xpu-like": the same,
+and the platform says it is an XPU (0011 decides by that). platform "cpu":
+the real CPU flow, untouched.
 """
 
 import json
@@ -31,8 +32,8 @@ class Keep(logging.Handler):
         self.records.append(record)
 
 
-def decide_as_cuda_like() -> None:
-    """The decision a CUDA/XPU platform gets, on this CPU."""
+def decide_as_gpu(xpu: bool) -> None:
+    """The decision a CUDA or an XPU platform gets, on this CPU."""
     # A CUDA/XPU host has Triton. (0.34.0's CPU platform refuses to configure
     # an x86 CPU without it; the CPU flow keeps that check.)
     import vllm.triton_utils
@@ -48,6 +49,7 @@ def decide_as_cuda_like() -> None:
 
     type(current_platform).check_and_update_config = classmethod(keep_async_decision)
     current_platform.is_cpu = lambda: False  # VllmConfig's CPU default (patch 0014) stays out
+    current_platform.is_xpu = lambda: xpu
 
 
 def main(platform: str) -> None:
@@ -56,8 +58,8 @@ def main(platform: str) -> None:
     records: list[logging.LogRecord] = []
     logging.getLogger("vllm").addHandler(Keep(records))
     logging.getLogger("vllm").setLevel(logging.INFO)
-    if platform == "cuda-like":
-        decide_as_cuda_like()
+    if platform in ("cuda-like", "xpu-like"):
+        decide_as_gpu(xpu=platform == "xpu-like")
     result = {}
     for name, case in CASES.items():
         records.clear()

@@ -127,8 +127,8 @@ def test_check_release_names_what_0_32_0_series_lacks():
     r = th.run_cli(["check", "--release", "0.33.0", "--version", "0.32.0"], None, None)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "warning: --version 0.32.0" in r.stderr
-    assert "0011 Turn async scheduling off by default under expert + data parallelism: CONFLICTS" in r.stdout
-    assert "    vllm/config/vllm.py hunk #3 (@@ -1631,6 +1653,16 @@) does not apply" in r.stdout
+    assert "0011 Turn async scheduling off by default under expert + data parallelism on XPU: CONFLICTS" in r.stdout
+    assert "    vllm/config/vllm.py hunk #3 (@@ -1631,6 +1656,16 @@) does not apply" in r.stdout
     assert "    vllm/v1/engine/core.py hunk #3 (@@ -2233,6 +2247,8 @@) does not apply" in r.stdout
     # The totals agree with the per-patch lines (which other patches conflict
     # follows the 0.32.0 series as it changes: 0001's import edits, say).

@@ -122,24 +122,30 @@ def test_ray_on_cpu(units):
 
 def test_async_scheduling_decision(trees, tmp_path):
     """Patch 0011 in the release's VllmConfig, the same worker as on 0.32.0
-    (tests/model_runner/test_async_scheduling.py), CUDA-like decision."""
+    (tests/model_runner/test_async_scheduling.py): off by default under EP +
+    DP on XPU, vLLM's default on CUDA."""
     pristine, patched = trees
-    d = run_workers(ASYNC_WORKER, {"pristine": pristine, "patched": patched}, tmp_path, "cuda-like")
-    case = d["patched"]["ep_dp2_default"]
+    (tmp_path / "xpu").mkdir()
+    (tmp_path / "cuda").mkdir()
+    xpu = run_workers(ASYNC_WORKER, {"pristine": pristine, "patched": patched}, tmp_path / "xpu", "xpu-like")
+    case = xpu["patched"]["ep_dp2_default"]
     assert case["async_scheduling"] is False
     (info,) = [m for level, m in case["log"] if level == "INFO"]
-    assert "expert parallelism" in info and "--async-scheduling" in info
-    assert d["patched"]["dense_dp2_default"]["async_scheduling"] is True
-    assert d["patched"]["ep_dp1_default"]["async_scheduling"] is True
-    explicit = d["patched"]["ep_dp2_explicit"]
+    assert "XPU" in info and "expert parallelism" in info and "--async-scheduling" in info
+    assert xpu["patched"]["dense_dp2_default"]["async_scheduling"] is True
+    assert xpu["patched"]["ep_dp1_default"]["async_scheduling"] is True
+    explicit = xpu["patched"]["ep_dp2_explicit"]
     assert explicit["async_scheduling"] is True
     assert any("deadlock" in m for level, m in explicit["log"] if level == "WARNING")
     # As released: async scheduling on under EP + DP, silently.
-    assert d["pristine"]["ep_dp2_default"]["async_scheduling"] is True
-    assert d["pristine"]["ep_dp2_default"]["log"] == [
-        ["INFO", "Disabling NCCL for DP synchronization when using async scheduling."]
-    ]
-    assert [m for level, m in d["pristine"]["ep_dp2_explicit"]["log"] if level == "WARNING"] == []
+    nccl_off = ["INFO", "Disabling NCCL for DP synchronization when using async scheduling."]
+    assert xpu["pristine"]["ep_dp2_default"]["async_scheduling"] is True
+    assert xpu["pristine"]["ep_dp2_default"]["log"] == [nccl_off]
+    assert [m for level, m in xpu["pristine"]["ep_dp2_explicit"]["log"] if level == "WARNING"] == []
+    # Off the XPU the series keeps the release's default.
+    cuda = run_workers(ASYNC_WORKER, {"patched": patched}, tmp_path / "cuda", "cuda-like")["patched"]
+    assert cuda["ep_dp2_default"]["async_scheduling"] is True
+    assert cuda["ep_dp2_default"]["log"] == [nccl_off]
 
 
 def test_packed_core_is_the_tested_one(version, repo_root):

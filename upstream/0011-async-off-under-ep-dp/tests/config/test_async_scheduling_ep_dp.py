@@ -1,17 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Async scheduling's default under expert parallelism with DP > 1.
+"""Async scheduling's default under expert parallelism with DP > 1 on XPU.
 
 Under EP every DP rank must post the same collectives in the same order each
-step; async scheduling overlaps one step's scheduling with the previous
-step's execution, and a DP + EP run on XPU (XCCL) hung until it was turned
-off. So when the user did not choose, EP with DP > 1 runs without it (with a
-line saying why and how to turn it on); when the user asked for it, it stays
-on, with a warning.
+step. A DP + EP run on XPU (XCCL) hung with its ranks in different
+collectives until async scheduling was turned off. So on XPU, when the user
+did not choose, EP with DP > 1 runs without it (with a line saying why and
+how to turn it on); when the user asked for it, it stays on, with a warning.
+Other platforms keep the default.
 
-The decision is VllmConfig's, on every platform. The CPU platform keeps async
-scheduling off for its own reasons, so on CPU the test makes the platform
-leave VllmConfig's decision alone, as CUDA, ROCm and XPU do.
+The decision is VllmConfig's. The test runs it as an XPU or a CUDA host
+would: the platform answers is_xpu() as asked, and on CPU the platform's own
+"async scheduling off" override is kept out of the way.
 """
 
 import pytest
@@ -21,21 +21,25 @@ from vllm.platforms import current_platform
 
 
 @pytest.fixture
-def platform_keeps_async_decision(monkeypatch):
-    if not current_platform.is_cpu():
-        return
-    platform_cls = type(current_platform)
-    check_and_update_config = platform_cls.check_and_update_config
+def decide_as(monkeypatch):
+    def platform(name: str) -> None:
+        monkeypatch.setattr(current_platform, "is_xpu", lambda: name == "xpu")
+        if not current_platform.is_cpu():
+            return
+        platform_cls = type(current_platform)
+        check_and_update_config = platform_cls.check_and_update_config
 
-    def keep_decision(cls, vllm_config):
-        decided = vllm_config.scheduler_config.async_scheduling
-        check_and_update_config.__func__(cls, vllm_config)
-        vllm_config.scheduler_config.async_scheduling = decided
+        def keep_decision(cls, vllm_config):
+            decided = vllm_config.scheduler_config.async_scheduling
+            check_and_update_config.__func__(cls, vllm_config)
+            vllm_config.scheduler_config.async_scheduling = decided
 
-    monkeypatch.setattr(
-        platform_cls, "check_and_update_config", classmethod(keep_decision)
-    )
-    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+        monkeypatch.setattr(
+            platform_cls, "check_and_update_config", classmethod(keep_decision)
+        )
+        monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+
+    return platform
 
 
 def _async_scheduling(
@@ -54,14 +58,14 @@ def _async_scheduling(
     return config.scheduler_config.async_scheduling
 
 
-def test_async_off_by_default_under_ep_dp(platform_keeps_async_decision, caplog_vllm):
+def test_async_off_by_default_under_ep_dp_on_xpu(decide_as, caplog_vllm):
+    decide_as("xpu")
     assert _async_scheduling(True, 2, None) is False
     assert "--async-scheduling to enable it" in caplog_vllm.text
 
 
-def test_explicit_async_kept_with_warning_under_ep_dp(
-    platform_keeps_async_decision, caplog_vllm
-):
+def test_explicit_async_kept_with_warning_under_ep_dp_on_xpu(decide_as, caplog_vllm):
+    decide_as("xpu")
     assert _async_scheduling(True, 2, True) is True
     assert "--no-async-scheduling" in caplog_vllm.text
 
@@ -71,7 +75,15 @@ def test_explicit_async_kept_with_warning_under_ep_dp(
     [(False, 2), (True, 1)],
     ids=["dense_dp2", "ep_dp1"],
 )
-def test_async_default_unchanged_without_ep_dp(
-    platform_keeps_async_decision, enable_expert_parallel, data_parallel_size
+def test_async_default_unchanged_without_ep_dp_on_xpu(
+    decide_as, enable_expert_parallel, data_parallel_size
 ):
+    decide_as("xpu")
     assert _async_scheduling(enable_expert_parallel, data_parallel_size, None)
+
+
+def test_async_default_unchanged_off_xpu(decide_as, caplog_vllm):
+    decide_as("cuda")
+    assert _async_scheduling(True, 2, None) is True
+    assert _async_scheduling(True, 2, True) is True
+    assert "--no-async-scheduling" not in caplog_vllm.text
