@@ -3,7 +3,7 @@ batches with async scheduling on and off, side by side in one run, with a
 null control (off against off) that shows the noise floor.
 
 This is the cost a default of "async off under EP+DP" puts on users
-(patch 0011); on GPUs upstream measured +24-31 % throughput from async
+(patch 0011, now on XPU only); on GPUs upstream measured +24-31 % throughput from async
 scheduling. Tiny steps on 2 CPU cores are host-bound, which favours async
 scheduling more than a GPU would: read the ratio for its direction and size,
 not as a GPU prediction.

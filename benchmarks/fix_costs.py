@@ -31,8 +31,7 @@ Variants, run as separate engines interleaved A B C A B C ... (--rounds):
 Each engine does one warm-up and then --reps (prefill, decode) pairs.
 
 Not measured, no CPU effect: 0009 changes only the XPU Gated DeltaNet wrapper
-(Qwen3-Next on XPU); 0011 changes the async-scheduling default, and the CPU
-platform forces async scheduling off whatever the default is.
+(Qwen3-Next on XPU); 0011 changes the async-scheduling default on XPU only.
 
 Run on a machine with nothing else busy (the numbers are per-step times):
   .venv/bin/python benchmarks/fix_costs.py \
@@ -61,7 +60,7 @@ from vllm_epdp.verify.scenarios import ALL_SCENARIOS, Request, Scenario, prompt
 MEASURED = ("0008", "0010", "0012")
 NO_CPU_EFFECT = {
     "0009": "XPU-only: changes the XPU Gated DeltaNet wrapper (Qwen3-Next on XPU), no CPU code path",
-    "0011": "async-scheduling default under EP+DP; the CPU platform forces async scheduling off anyway",
+    "0011": "async-scheduling default under EP+DP on XPU only",
 }
 # Word counts of the prompts per rank: 7 mixed on rank 0, 1 long on rank 1.
 RANK0_WORDS = (4, 8, 15, 2, 20, 6, 10)

